@@ -1,0 +1,72 @@
+// One pass of the fuse step (SPEC §2.8): out(x, y) = Σ_{d∈D} in(step_d(x), step_d(y)), the query
+// x stepping on the hf×wf grid and the patch y on the ph×pw grid, a term being 0 where a step
+// leaves its grid. The original (mode 0) steps in the flattened index, row-major in the first
+// pass and column-major in the second, so steps wrap across grid rows / columns. The spatial
+// mode (1) steps in 2-D with zero padding: horizontally, then vertically.
+// Output rows are listed in `index` (out_rows_off); the input's rows are found through a
+// slot map (in_slots_off: slot of each grid row in `src`).
+
+struct Params {
+    count: u32,        // out rows · wf · L
+    mode: u32,         // 0 = wrap (original), 1 = spatial
+    which: u32,        // 0 = rows (first pass), 1 = cols (second pass)
+    hf: u32,
+    wf: u32,
+    ph: u32,
+    pw: u32,
+    fk: u32,
+    p: u32,            // offsets run over -p ..= fk-1-p
+    in_slots_off: u32,
+    out_rows_off: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read> index: array<u32>;
+@group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+
+// Steps (i, j) on an h×w grid by d; .x = 1 if the step stays on the grid, then (.y, .z) = (i, j).
+fn step(h: i32, w: i32, i: i32, j: i32, d: i32) -> vec3<i32> {
+    if (P.mode == 0u) {
+        if (P.which == 0u) {
+            let a = i * w + j + d;
+            if (a < 0 || a >= h * w) { return vec3<i32>(0, 0, 0); }
+            return vec3<i32>(1, a / w, a % w);
+        }
+        let a = j * h + i + d;
+        if (a < 0 || a >= h * w) { return vec3<i32>(0, 0, 0); }
+        return vec3<i32>(1, a % h, a / h);
+    }
+    if (P.which == 0u) {
+        if (j + d < 0 || j + d >= w) { return vec3<i32>(0, 0, 0); }
+        return vec3<i32>(1, i, j + d);
+    }
+    if (i + d < 0 || i + d >= h) { return vec3<i32>(0, 0, 0); }
+    return vec3<i32>(1, i + d, j);
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let idx = (wg.y * nwg.x + wg.x) * 256u + li;
+    if (idx >= P.count) { return; }
+    let l = P.ph * P.pw;
+    let beta = idx % l;
+    let q = idx / l;
+    let j = q % P.wf;
+    let i = index[P.out_rows_off + q / P.wf];
+    let u = beta / P.pw;
+    let v = beta % P.pw;
+    var sum = 0.0;
+    for (var t = 0u; t < P.fk; t++) {
+        let d = i32(t) - i32(P.p);
+        let sq = step(i32(P.hf), i32(P.wf), i32(i), i32(j), d);
+        let sp = step(i32(P.ph), i32(P.pw), i32(u), i32(v), d);
+        if (sq.x == 1 && sp.x == 1) {
+            let slot = index[P.in_slots_off + u32(sq.y)];
+            sum += src[(slot * P.wf + u32(sq.z)) * l + u32(sp.y) * P.pw + u32(sp.z)];
+        }
+    }
+    dst[idx] = sum;
+}

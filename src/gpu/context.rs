@@ -1,0 +1,180 @@
+//! The GPU context: adapter and device policy, error capture, and the pipelines (built once).
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::error::{Error, Result};
+use crate::gpu::kernels::Kernels;
+
+/// A wgpu device and queue with everything the layer needs to run on it.
+///
+/// Build it once and share it: [`Gpu::new`] picks an adapter the way wgpu's tools do
+/// (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`, else the high-performance default),
+/// [`Gpu::from_device`] wraps a device the caller already has (a renderer's, an ML framework's).
+/// Cloning is cheap (the device is reference-counted).
+#[derive(Clone)]
+pub struct Gpu {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    errors: Arc<Mutex<Vec<String>>>,
+    kernels: Arc<OnceLock<Arc<Kernels>>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("adapter", &self.describe()).finish()
+    }
+}
+
+/// The backends tried when `WGPU_BACKEND` is not set: the native ones this crate targets.
+const NATIVE: wgpu::Backends = wgpu::Backends::VULKAN.union(wgpu::Backends::METAL).union(wgpu::Backends::DX12);
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::from_env().unwrap_or(NATIVE),
+        flags: wgpu::InstanceFlags::from_env_or_default(),
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    })
+}
+
+/// Every adapter wgpu sees with the current environment (`WGPU_BACKEND` honoured).
+pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
+    let instance = instance();
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::from_env().unwrap_or(NATIVE)))
+        .into_iter()
+        .map(|a| a.get_info())
+        .collect()
+}
+
+/// One line naming an adapter: name, backend, device type and driver.
+pub fn describe_adapter(info: &wgpu::AdapterInfo) -> String {
+    let driver = [info.driver.as_str(), info.driver_info.as_str()]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "{} ({:?}, {:?}{})",
+        info.name,
+        info.backend,
+        info.device_type,
+        if driver.is_empty() { String::new() } else { format!(", {driver}") }
+    )
+}
+
+impl Gpu {
+    /// Picks an adapter and creates a device, blocking.
+    ///
+    /// Honours `WGPU_BACKEND` (e.g. `vulkan`, `metal`, `dx12`), `WGPU_ADAPTER_NAME` (a
+    /// substring of the adapter's name) and `WGPU_POWER_PREF`; otherwise asks for the
+    /// high-performance adapter among Vulkan, Metal and DX12. Requests the adapter's own limits,
+    /// so large buffers work where the hardware allows them.
+    pub fn new() -> Result<Gpu> {
+        pollster::block_on(Self::new_async())
+    }
+
+    /// [`Gpu::new`] as a future.
+    pub async fn new_async() -> Result<Gpu> {
+        let instance = instance();
+        let adapter = if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
+            wgpu::util::initialize_adapter_from_env(&instance, None).await.map_err(|e| {
+                let seen: Vec<String> = list_adapters().iter().map(describe_adapter).collect();
+                Error::NoAdapter(format!("no adapter matches WGPU_ADAPTER_NAME={name:?} ({e}); adapters seen: {seen:?}"))
+            })?
+        } else {
+            instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| Error::NoAdapter(e.to_string()))?
+        };
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("contextual-attention"),
+                required_features: wgpu::Features::empty(),
+                required_limits: adapter.limits(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        Ok(Self::from_device(device, queue, adapter.get_info()))
+    }
+
+    /// Wraps a device and queue the caller already has, so that the layer shares it with a
+    /// renderer or an ML framework. `info` names the adapter in reports
+    /// (`adapter.get_info()`). The layer installs an uncaptured-error handler on the device to
+    /// turn GPU errors into [`Error::Gpu`].
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Gpu {
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+        }));
+        let sink = errors.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(format!("device lost ({reason:?}): {msg}"));
+        });
+        Gpu { device, queue, info, errors, kernels: Arc::default() }
+    }
+
+    /// The adapter's description from wgpu.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// One line naming the adapter: name, backend, device type and driver.
+    pub fn describe(&self) -> String {
+        describe_adapter(&self.info)
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The largest storage binding the device allows, in bytes.
+    pub fn max_binding(&self) -> u64 {
+        let limits = self.device.limits();
+        limits.max_storage_buffer_binding_size.min(limits.max_buffer_size)
+    }
+
+    /// The pipelines, compiled on first use and then shared by every layer on this context.
+    pub(crate) fn kernels(&self) -> Result<Arc<Kernels>> {
+        if let Some(k) = self.kernels.get() {
+            return Ok(k.clone());
+        }
+        let k = Arc::new(Kernels::new(&self.device)?);
+        self.take_errors()?;
+        Ok(self.kernels.get_or_init(|| k).clone())
+    }
+
+    /// Turns GPU errors reported since the last call into an [`Error::Gpu`].
+    pub(crate) fn take_errors(&self) -> Result<()> {
+        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            let msg = errors.join("; ");
+            errors.clear();
+            Err(Error::Gpu(msg))
+        }
+    }
+
+    /// Blocks until `submission` has finished and its callbacks have run.
+    pub(crate) fn wait(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: Some(submission), timeout: None })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,169 @@
+//! The layer object callers use: parameters plus a backend, built once and reused.
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::Result;
+use crate::geometry::Geometry;
+use crate::gpu::context::Gpu;
+use crate::gpu::forward::{self, Workspace};
+use crate::gpu::kernels::Kernels;
+use crate::params::Params;
+use crate::plan::Plan;
+use crate::reference;
+use crate::tensor::Tensor;
+
+/// What one call produces.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    /// The reconstruction, `[B, Hf, Wf, C]`.
+    pub y: Tensor,
+    /// Per query, the patch with the largest attention (first on ties), as a flat index
+    /// `u·pw + v` into b's patch grid; `[B, hf, wf]` flattened.
+    pub argmax: Vec<u32>,
+    /// The same as (row, col) in b's patch grid: int32 `[B, hf, wf, 2]` flattened.
+    pub offsets: Vec<i32>,
+    /// Sum of the attention over the patches per query, `[B, hf, wf]` flattened. Below 1 where
+    /// masked patches took mass (the original's 0-logit masking).
+    pub mass: Vec<f32>,
+    /// The query grid (hf, wf).
+    pub grid: (usize, usize),
+    /// b's patch grid (ph, pw).
+    pub patch_grid: (usize, usize),
+}
+
+impl Output {
+    pub(crate) fn new(g: &Geometry, y: Tensor, argmax: Vec<u32>, mass: Vec<f32>) -> Output {
+        let offsets = argmax.iter().flat_map(|&a| [(a as usize / g.pw) as i32, (a as usize % g.pw) as i32]).collect();
+        Output { y, argmax, offsets, mass, grid: (g.hf, g.wf), patch_grid: (g.ph, g.pw) }
+    }
+}
+
+/// Where the layer runs.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// WGSL compute shaders on a wgpu device.
+    Gpu(Gpu),
+    /// The CPU twin (f64 inside): slow, plain, the reference.
+    Cpu,
+}
+
+/// The contextual attention layer, ready to run.
+///
+/// Builds its pipelines once (on the GPU) and keeps its buffers between calls of the same
+/// sizes. Calls take `&self`; concurrent calls on one object are serialised.
+///
+/// ```no_run
+/// use contextual_attention::{ContextualAttention, Gpu, Params, Tensor};
+/// # fn main() -> contextual_attention::Result<()> {
+/// let gpu = Gpu::new()?;
+/// let layer = ContextualAttention::new(&gpu, Params { rate: 2, ..Default::default() })?;
+/// let x = Tensor::from_fn([1, 32, 32, 8], |_, y, x, c| ((y * 7 + x * 3 + c) % 11) as f32 / 11.0);
+/// let out = layer.forward(&x, &x, None)?;
+/// assert_eq!(out.y.shape(), [1, 32, 32, 8]);
+/// # Ok(()) }
+/// ```
+pub struct ContextualAttention {
+    params: Params,
+    backend: Backend,
+    kernels: Option<Arc<Kernels>>,
+    workspace: Mutex<Option<Workspace>>,
+}
+
+impl ContextualAttention {
+    /// The layer on a GPU; compiles the pipelines now (once per [`Gpu`]).
+    pub fn new(gpu: &Gpu, params: Params) -> Result<Self> {
+        Self::with_backend(Backend::Gpu(gpu.clone()), params)
+    }
+
+    /// The layer on the CPU twin.
+    pub fn cpu(params: Params) -> Result<Self> {
+        Self::with_backend(Backend::Cpu, params)
+    }
+
+    /// The layer on the given backend.
+    pub fn with_backend(backend: Backend, params: Params) -> Result<Self> {
+        params.validate()?;
+        let kernels = match &backend {
+            Backend::Gpu(gpu) => Some(gpu.kernels()?),
+            Backend::Cpu => None,
+        };
+        Ok(ContextualAttention { params, backend, kernels, workspace: Mutex::new(None) })
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// One line naming where the layer runs.
+    pub fn describe_backend(&self) -> String {
+        match &self.backend {
+            Backend::Gpu(gpu) => gpu.describe(),
+            Backend::Cpu => "CPU twin (f64)".to_string(),
+        }
+    }
+
+    /// Runs the layer, blocking until the results are read back.
+    ///
+    /// `f` `[B, Hf, Wf, C]` are the queries (foreground), `b` `[B, Hb, Wb, C]` the patches
+    /// (background); `mask` `[1 or B, Hb, Wb, 1]` marks with 1 the pixels of b that may not be
+    /// used as a source.
+    pub fn forward(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Output> {
+        match &self.backend {
+            Backend::Cpu => reference::forward(&self.params, f, b, mask),
+            Backend::Gpu(gpu) => {
+                let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
+                let pending = forward::submit(gpu, self.kernels(), &mut ws, &self.params, f, b, mask)?;
+                pending.wait(gpu)
+            }
+        }
+    }
+
+    /// [`forward`](Self::forward) as a future that resolves when the readback is mapped. A helper
+    /// thread waits on the device, so the caller's executor is not blocked. On the CPU backend
+    /// the work runs before the future is returned.
+    pub async fn forward_async(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Output> {
+        match &self.backend {
+            Backend::Cpu => reference::forward(&self.params, f, b, mask),
+            Backend::Gpu(gpu) => {
+                let pending = {
+                    let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
+                    forward::submit(gpu, self.kernels(), &mut ws, &self.params, f, b, mask)?
+                };
+                pending.wait_async(gpu).await
+            }
+        }
+    }
+
+    /// Runs the layer in tiles of `rows_per_tile` query rows, whatever the memory budget says
+    /// (for tests and experiments with tilings; the result does not depend on the tiling).
+    pub fn forward_with_tile_rows(&self, rows_per_tile: usize, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Output> {
+        let g = Geometry::new(&self.params, f.shape(), b.shape(), mask.map(|m| m.shape()))?;
+        let plan = &Plan::with_rows(&g, rows_per_tile);
+        match &self.backend {
+            Backend::Cpu => Ok(reference::forward_planned(&self.params, &g, plan, f, b, mask)),
+            Backend::Gpu(gpu) => {
+                let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
+                forward::submit_planned(gpu, self.kernels(), &mut ws, &self.params, g, plan.clone(), f, b, mask)?.wait(gpu)
+            }
+        }
+    }
+
+    /// The tile plan a call with these shapes would use.
+    pub fn plan(&self, f: [usize; 4], b: [usize; 4], mask: Option<[usize; 4]>) -> Result<Plan> {
+        let g = Geometry::new(&self.params, f, b, mask)?;
+        match &self.backend {
+            Backend::Gpu(gpu) => Plan::new(&g, forward::budget(gpu, &self.params), gpu.max_binding()),
+            Backend::Cpu => Plan::new(&g, self.params.memory_budget.unwrap_or(crate::params::DEFAULT_MEMORY_BUDGET), u64::MAX),
+        }
+    }
+
+    fn kernels(&self) -> &Kernels {
+        self.kernels.as_deref().expect("GPU backend has kernels")
+    }
+}

@@ -1,0 +1,127 @@
+//! Shared test support: one GPU context per test binary, random inputs, comparisons that name
+//! the worst element, the goldens' input pattern.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use contextual_attention::{Gpu, Tensor};
+
+/// The GPU context shared by the tests of one binary. Fails (never silently passes) when no
+/// adapter exists, unless `CA_SKIP_GPU_TESTS=1`, in which case it says so and returns `None`.
+pub fn gpu() -> Option<&'static Gpu> {
+    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        if std::env::var("CA_SKIP_GPU_TESTS").as_deref() == Ok("1") {
+            eprintln!("CA_SKIP_GPU_TESTS=1: GPU tests are SKIPPED");
+            return None;
+        }
+        match Gpu::new() {
+            Ok(g) => {
+                eprintln!("GPU tests run on: {}", g.describe());
+                Some(g)
+            }
+            Err(e) => panic!(
+                "GPU tests need a wgpu adapter and none was found: {e}\n\
+                 On Linux without a GPU install a software Vulkan: apt-get install mesa-vulkan-drivers libvulkan1\n\
+                 (or set CA_SKIP_GPU_TESTS=1 to skip GPU tests explicitly)"
+            ),
+        }
+    })
+    .as_ref()
+}
+
+/// Returns the shared GPU or, when skipping is asked for, returns from the test after saying so.
+#[macro_export]
+macro_rules! gpu_or_skip {
+    () => {
+        match common::gpu() {
+            Some(g) => g,
+            None => {
+                eprintln!("skipped (CA_SKIP_GPU_TESTS=1)");
+                return;
+            }
+        }
+    };
+}
+
+/// A small deterministic generator (SplitMix64) seeded per test run; the seed is printed so a
+/// failure can be replayed with `CA_TEST_SEED`.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(label: &str) -> Rng {
+        let seed = std::env::var("CA_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        });
+        eprintln!("{label}: CA_TEST_SEED={seed}");
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    pub fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+    pub fn tensor(&mut self, shape: [usize; 4], lo: f32, hi: f32) -> Tensor {
+        Tensor::new(shape, self.vec(shape.iter().product(), lo, hi)).unwrap()
+    }
+    /// A {0,1} mask with one random rectangle of ones.
+    pub fn hole(&mut self, batch: usize, h: usize, w: usize) -> Tensor {
+        let (y0, x0) = (self.below(h / 2 + 1), self.below(w / 2 + 1));
+        let (y1, x1) = (y0 + 1 + self.below(h - y0), x0 + 1 + self.below(w - x0));
+        Tensor::from_fn([batch, h, w, 1], |_, y, x, _| ((y0..y1).contains(&y) && (x0..x1).contains(&x)) as u8 as f32)
+    }
+}
+
+/// The goldens' input: value(n,y,x,c) = ((7y + 3x + 5c + 11n) mod 13 − 6) · 0.125 (SPEC §9).
+pub fn pattern(shape: [usize; 4]) -> Tensor {
+    Tensor::from_fn(shape, |n, y, x, c| ((((7 * y + 3 * x + 5 * c + 11 * n) % 13) as i64 - 6) as f32) * 0.125)
+}
+
+/// Asserts `|got − want| ≤ atol + rtol·|want|` everywhere; on failure names the worst element,
+/// the max and the mean |Δ|. NaN in `got` always fails.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ ({} vs {})", got.len(), want.len());
+    let mut worst = (0usize, f64::NEG_INFINITY, 0.0f64); // index, excess over tolerance, |Δ|
+    let (mut max_d, mut sum_d, mut bad) = (0.0f64, 0.0f64, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let d = (g as f64 - w).abs();
+        let d = if d.is_nan() { f64::INFINITY } else { d };
+        let excess = d - (atol + rtol * w.abs());
+        if excess > 0.0 {
+            bad += 1;
+        }
+        if excess > worst.1 {
+            worst = (i, excess, d);
+        }
+        max_d = max_d.max(d);
+        sum_d += d.min(1e300);
+    }
+    let mean = sum_d / got.len().max(1) as f64;
+    assert!(
+        bad == 0,
+        "{what}: {bad} of {} elements off (atol {atol:e}, rtol {rtol:e}); worst at {}: got {} want {} (|Δ| {:e}); max |Δ| {:e}, mean |Δ| {:e}",
+        got.len(),
+        worst.0,
+        got[worst.0],
+        want[worst.0],
+        worst.2,
+        max_d,
+        mean
+    );
+}
+
+pub fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
