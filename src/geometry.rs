@@ -275,3 +275,13 @@ impl Geometry {
         Some((ni as usize, nj as usize))
     }
 }
+
+impl Geometry {
+    /// Floating-point operations of one call, counted as in SPEC §2.13: per batch item
+    /// 2·Nf·L·k²C (matching) + 2·fk·Nf·L (fuse) + 2·Nf·L·K²C (paste).
+    pub fn flops(&self) -> f64 {
+        let (nf, l) = (self.queries() as f64, self.patches() as f64);
+        let fuse = self.fuse.map_or(0.0, |f| 2.0 * f.k as f64 * nf * l);
+        self.batch as f64 * (2.0 * nf * l * self.match_len() as f64 + fuse + 2.0 * nf * l * self.raw_len() as f64)
+    }
+}

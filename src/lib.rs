@@ -26,6 +26,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod error;
 pub mod flow;
 pub mod geometry;

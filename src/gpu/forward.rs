@@ -96,7 +96,6 @@ struct Buffers {
     y: wgpu::Buffer,
     argmax: wgpu::Buffer,
     mass: wgpu::Buffer,
-    staging: wgpu::Buffer,
 }
 
 /// What identifies a call's buffer sizes: buffers are reused while it stays the same.
@@ -122,7 +121,6 @@ impl Buffers {
         let max_rows = plan.tiles.iter().map(|t| t.rows.len()).max().unwrap_or(0);
         let y_len = g.batch * hf_full * wf_full * c;
         let nq = g.batch * g.queries();
-        let out_bytes = (y_len + 2 * nq) as u64 * 4;
         Ok(Buffers {
             f: storage(gpu, "f", y_len)?,
             b: storage(gpu, "b", g.batch * hb_full * wb_full * c)?,
@@ -143,18 +141,6 @@ impl Buffers {
             y: storage(gpu, "y", y_len)?,
             argmax: storage(gpu, "argmax", nq)?,
             mass: storage(gpu, "attention mass", nq)?,
-            staging: {
-                let limit = gpu.device.limits().max_buffer_size;
-                if out_bytes > limit {
-                    return Err(Error::BufferTooLarge { name: "readback", size: out_bytes, limit, what: "buffer" });
-                }
-                gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("readback"),
-                    size: out_bytes,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
-            },
         })
     }
 }
@@ -233,19 +219,30 @@ pub(crate) fn submit_planned(
     let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("contextual attention") });
     encoder.clear_buffer(&bufs.y, 0, None);
     rec.encode(&gpu.device, kernels, &mut encoder);
-    let y_bytes = bufs.y.size().min(bufs.staging.size());
+    // The readback buffer belongs to the call, so a call still being read back is never
+    // overwritten by the next one.
     let nq_bytes = (g.batch * g.queries() * 4) as u64;
     let y_len = (g.batch * g.f_size.0 * g.f_size.1 * g.channels * 4) as u64;
-    debug_assert!(y_len <= y_bytes);
-    encoder.copy_buffer_to_buffer(&bufs.y, 0, &bufs.staging, 0, Some(y_len));
-    encoder.copy_buffer_to_buffer(&bufs.argmax, 0, &bufs.staging, y_len, Some(nq_bytes));
-    encoder.copy_buffer_to_buffer(&bufs.mass, 0, &bufs.staging, y_len + nq_bytes, Some(nq_bytes));
+    let out_bytes = y_len + 2 * nq_bytes;
+    let limit = gpu.device.limits().max_buffer_size;
+    if out_bytes > limit {
+        return Err(Error::BufferTooLarge { name: "readback", size: out_bytes, limit, what: "buffer" });
+    }
+    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback"),
+        size: out_bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    encoder.copy_buffer_to_buffer(&bufs.y, 0, &staging, 0, Some(y_len));
+    encoder.copy_buffer_to_buffer(&bufs.argmax, 0, &staging, y_len, Some(nq_bytes));
+    encoder.copy_buffer_to_buffer(&bufs.mass, 0, &staging, y_len + nq_bytes, Some(nq_bytes));
     let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-    encoder.map_buffer_on_submit(&bufs.staging, wgpu::MapMode::Read, .., move |r| {
+    encoder.map_buffer_on_submit(&staging, wgpu::MapMode::Read, .., move |r| {
         sender.send(r).ok();
     });
     let submission = queue.submit([encoder.finish()]);
-    Ok(Pending { geometry: g, staging: bufs.staging.clone(), submission, receiver })
+    Ok(Pending { geometry: g, staging, submission, receiver })
 }
 
 // Parameter blocks of each stage, shared by the forward pass and the single-stage runners.

@@ -1,0 +1,126 @@
+//! `contextual-attention demo` (the default command): the layer on the bundled images.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use contextual_attention::{io, Backend, ContextualAttention, Gpu, Output, Params, Tensor};
+
+use super::images::{composite, crop_to_multiple, diffuse_fill, resize, with_hole, write_flow};
+use super::{ms, progress, timed, BackendArg, CliResult};
+
+const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets");
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Longer side of the demo images in pixels (larger is slower: the work grows with its 4th power).
+    #[arg(long, default_value_t = 160)]
+    pub size: usize,
+    /// Folder for the PNGs.
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// Where to run the layer (the CPU twin runs too, for the comparison, unless --no-compare).
+    #[arg(long, value_enum, default_value_t = BackendArg::Gpu)]
+    pub backend: BackendArg,
+    /// Skip the comparison with the CPU twin.
+    #[arg(long)]
+    pub no_compare: bool,
+}
+
+impl Default for DemoArgs {
+    fn default() -> Self {
+        DemoArgs { size: 160, out: PathBuf::from("out"), backend: BackendArg::Gpu, no_compare: false }
+    }
+}
+
+struct Runner {
+    layer_backend: Backend,
+    compare: bool,
+}
+
+impl Runner {
+    /// Runs the layer on the chosen backend and, if asked, on the CPU twin; prints times and the difference.
+    fn run(&self, name: &str, params: Params, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> CliResult<Output> {
+        let layer = ContextualAttention::with_backend(self.layer_backend.clone(), params.clone())?;
+        let (out, t) = timed(|| layer.forward(f, b, mask));
+        let out = out?;
+        let [_, h, w, c] = f.shape();
+        print!("{name}: {w}×{h}×{c}, {}: {:.0} ms", match self.layer_backend { Backend::Gpu(_) => "GPU", Backend::Cpu => "CPU twin" }, ms(t));
+        if self.compare && matches!(self.layer_backend, Backend::Gpu(_)) {
+            let cpu = ContextualAttention::cpu(params)?;
+            let (twin, tc) = timed(|| cpu.forward(f, b, mask));
+            let twin = twin?;
+            let agree = out.argmax.iter().zip(&twin.argmax).filter(|(a, b)| a == b).count();
+            print!(
+                ", CPU twin: {:.0} ms, max |GPU − CPU| = {:.3e} (values 0–255), argmax agrees at {}/{} queries",
+                ms(tc),
+                out.y.max_abs_diff(&twin.y),
+                agree,
+                out.argmax.len()
+            );
+        }
+        println!();
+        Ok(out)
+    }
+}
+
+fn asset(name: &str) -> PathBuf {
+    Path::new(ASSETS).join(name)
+}
+
+/// `contextual-attention demo`.
+pub fn run(a: DemoArgs) -> CliResult {
+    if a.size < 16 {
+        return Err(format!("--size {} is too small; use at least 16", a.size).into());
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: cannot create the output folder: {e}", a.out.display()))?;
+    let layer_backend = match a.backend {
+        BackendArg::Gpu => {
+            let gpu = Gpu::new()?;
+            println!("adapter: {}", gpu.describe());
+            Backend::Gpu(gpu)
+        }
+        BackendArg::Cpu => {
+            println!("backend: CPU twin");
+            Backend::Cpu
+        }
+    };
+    let runner = Runner { layer_backend, compare: !a.no_compare };
+    let bar = progress(2, "demo");
+    let out = |name: &str| a.out.join(name);
+
+    // 1. Reconstruction (SPEC §3): rebuild the cat from the astronaut's patches; rate 2, fuse
+    //    off, 0–255 values, no mask, the other parameters at the original's defaults.
+    let target = io::read_image_rgb(&asset("chelsea.png"))?;
+    let [_, th, tw, _] = target.shape();
+    let scale = a.size as f64 / th.max(tw) as f64;
+    let target = crop_to_multiple(&resize(&target, (th as f64 * scale).round() as usize, (tw as f64 * scale).round() as usize), 2)?;
+    let side = (a.size * 2 / 3).max(8) / 2 * 2;
+    let source = resize(&io::read_image_rgb(&asset("astronaut.png"))?, side, side);
+    let params = Params { rate: 2, fuse: false, ..Default::default() };
+    let rec = bar.suspend(|| runner.run("reconstruction", params, &target, &source, None))?;
+    io::write_image(&out("reconstruction_target.png"), &target)?;
+    io::write_image(&out("reconstruction_source.png"), &source)?;
+    io::write_image(&out("reconstruction.png"), &rec.y)?;
+    write_flow(&out("reconstruction_flow.png"), &rec, 1, 2)?;
+    bar.inc(1);
+
+    // 2. Hole filling on a texture: coarse diffusion fill, then the layer with f = b = the
+    //    coarse image and the hole as mask, as the models call it (rate 2, fuse on).
+    let brick = io::read_image_gray(&asset("brick.png"))?;
+    let brick = crop_to_multiple(&resize(&brick, a.size, a.size), 2)?;
+    let [_, h, w, _] = brick.shape();
+    let (hh, hw) = (h / 4, w / 3);
+    let (y0, x0) = ((h - hh) / 2, (w - hw) / 2);
+    let mask = Tensor::from_fn([1, h, w, 1], |_, y, x, _| ((y0..y0 + hh).contains(&y) && (x0..x0 + hw).contains(&x)) as u8 as f32);
+    let coarse = diffuse_fill(&brick, &mask);
+    let params = Params { rate: 2, ..Default::default() };
+    let filled = bar.suspend(|| runner.run("hole filling", params, &coarse, &coarse, Some(&mask)))?;
+    io::write_image(&out("fill_input.png"), &with_hole(&brick, &mask))?;
+    io::write_image(&out("fill_coarse.png"), &coarse)?;
+    io::write_image(&out("fill_result.png"), &composite(&brick, &filled.y, &mask))?;
+    write_flow(&out("fill_flow.png"), &filled, 1, 2)?;
+    bar.inc(1);
+    bar.finish_and_clear();
+    println!("wrote {}/{{reconstruction,reconstruction_target,reconstruction_source,reconstruction_flow,fill_input,fill_coarse,fill_result,fill_flow}}.png", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,848 @@
+//! Layer-level tests: the whole layer on the GPU against its CPU twin over a grid of parameters,
+//! the seed's identity experiment (SPEC §E), tiling invariance (SPEC §T, §9.12), a model-sized
+//! smoke test (SPEC §9.13), `forward_async` and the buffer cache, and the demo's semantics
+//! (SPEC §9.14).
+//!
+//! Oracles: the CPU twin (f64) for every GPU result; for the twin itself, expectations computed
+//! independently here from SPEC formulas (coverage counts, the identity experiment, the demo's
+//! one-hot paste, exact zeros where everything is masked).
+//!
+//! Argmax criterion (GPU f32 vs twin f64). The twin's pre-softmax scores are recomputed here
+//! from its stage functions ([`twin_rows`]). A query may pick a different patch on the GPU only
+//! if the two picks are a near-tie for f32: their twin fused scores differ by at most
+//! 1e-4 · max(|s_twin|, |s_gpu|) (+1e-7), or the twin's best attention in that row is below
+//! f32's smallest normal number (f32 cannot tell it from 0). Masked patches count as −∞ (they get
+//! exactly 0 attention). Overall at least 99 % of the queries must agree.
+//!
+//! Tolerances: y within 1e-5·max|y| absolute + 1e-4 relative, attention mass within 1e-5.
+//! Every test prints its measured errors and time (`cargo test --test layer -- --nocapture`).
+
+mod common;
+
+use std::time::Instant;
+
+use common::{assert_close, to_f64, Rng};
+use contextual_attention::geometry::FusePass;
+use contextual_attention::plan::{Plan, Tile};
+use contextual_attention::{reference, ContextualAttention, FuseMode, Geometry, Masking, Output, Overlap, Params, Tensor};
+
+// ---------------------------------------------------------------------------------------------
+// Independent helpers (SPEC formulas, not the library's)
+// ---------------------------------------------------------------------------------------------
+
+/// TF "SAME" padding before, for length n, kernel k, stride s (SPEC §2.2).
+fn same_pad_before(n: usize, k: usize, s: usize) -> usize {
+    let out = n.div_ceil(s);
+    let total = ((out - 1) * s + k).saturating_sub(n);
+    total / 2
+}
+
+/// How many query positions (i in 0..n_out/r) paste their K×K patch onto each output row
+/// P in 0..n_out (SPEC §2.11: 0 ≤ P − r·i + π < K with π the SAME pad before of (n_out, K, r)).
+fn coverage(n_out: usize, r: usize, k: usize) -> Vec<usize> {
+    let pi = same_pad_before(n_out, k, r) as isize;
+    (0..n_out as isize)
+        .map(|p| (0..(n_out / r) as isize).filter(|&i| (0..k as isize).contains(&(p - r as isize * i + pi))).count())
+        .collect()
+}
+
+/// b̃(n, y, x, c): b with zero padding.
+fn b_tilde(b: &Tensor, n: usize, y: isize, x: isize, c: usize) -> f64 {
+    let s = b.shape();
+    if y < 0 || x < 0 || y >= s[1] as isize || x >= s[2] as isize {
+        0.0
+    } else {
+        b.at(n, y as usize, x as usize, c) as f64
+    }
+}
+
+/// Concatenates per-item tensors along the batch.
+fn concat(items: &[Tensor]) -> Tensor {
+    let s = items[0].shape();
+    let data: Vec<f32> = items.iter().flat_map(|t| t.data().iter().copied()).collect();
+    Tensor::new([items.len(), s[1], s[2], s[3]], data).unwrap()
+}
+
+/// The smallest fraction, over the mask's items, of b's patches that the mask leaves usable
+/// (SPEC §2.7), with the library's index maps: used only to choose test inputs.
+fn valid_fraction(p: &Params, b_shape: [usize; 4], mask: &Tensor) -> f64 {
+    let g = Geometry::new(p, b_shape, b_shape, Some(mask.shape())).unwrap();
+    (0..mask.shape()[0])
+        .map(|n| {
+            let m: Vec<f64> = mask.item(n).data().iter().map(|&v| v as f64).collect();
+            let mp = reference::downscale(&m, g.b_size.1, 1, &g.b_rows, &g.b_cols);
+            let mm = reference::mask_validity(&mp, &g);
+            mm.iter().sum::<f64>() / mm.len() as f64
+        })
+        .fold(1.0, f64::min)
+}
+
+/// A random rectangular hole ([`Rng::hole`], one item) that leaves at least 30 % of b's patches
+/// usable, so that masked comparisons are not trivially all zero.
+fn usable_hole(rng: &mut Rng, p: &Params, b_shape: [usize; 4]) -> Tensor {
+    loop {
+        let m = rng.hole(1, b_shape[1], b_shape[2]);
+        if valid_fraction(p, b_shape, &m) >= 0.3 {
+            return m;
+        }
+    }
+}
+
+/// Approximately N(0,1) (Box–Muller).
+fn normal(rng: &mut Rng) -> f32 {
+    let u1 = rng.uniform(1e-7, 1.0) as f64;
+    let u2 = rng.uniform(0.0, 1.0) as f64;
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+fn max_abs(v: &[f32]) -> f64 {
+    v.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs()))
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).fold(0.0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()))
+}
+
+fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w as f64).powi(2)).sum();
+    let den: f64 = want.iter().map(|&w| (w as f64).powi(2)).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// The largest |Δ| / (atol + rtol·|want|): how much of an `assert_close` tolerance was used.
+fn tolerance_used(got: &[f32], want: &[f32], atol: f64, rtol: f64) -> f64 {
+    got.iter().zip(want).fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs() / (atol + rtol * (w as f64).abs())))
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The twin's attention rows, from its stage functions (for argmax margins and one-hotness)
+// ---------------------------------------------------------------------------------------------
+
+/// Per query (all batch items, row-major), the twin's fused pre-softmax scores made "effective"
+/// (masked patches −∞, since they get exactly 0 attention in both maskings) and its attention.
+struct Twin {
+    l: usize,
+    /// `[B·nq·L]`.
+    eff: Vec<f64>,
+    /// `[B·nq·L]`.
+    att: Vec<f64>,
+    argmax: Vec<u32>,
+    mass: Vec<f64>,
+}
+
+fn twin_rows(p: &Params, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Twin {
+    let g = Geometry::new(p, f.shape(), b.shape(), mask.map(|m| m.shape())).unwrap();
+    let plan = Plan::with_rows(&g, g.hf);
+    assert_eq!(plan.tiles.len(), 1);
+    let tile = &plan.tiles[0];
+    let (l, c) = (g.patches(), g.channels);
+    let as64 = |t: &Tensor| -> Vec<f64> { t.data().iter().map(|&v| v as f64).collect() };
+    let mut out = Twin { l, eff: Vec::new(), att: Vec::new(), argmax: Vec::new(), mass: Vec::new() };
+    for n in 0..g.batch {
+        let fp = reference::downscale(&as64(&f.item(n)), g.f_size.1, c, &g.f_rows, &g.f_cols);
+        let bp = reference::downscale(&as64(&b.item(n)), g.b_size.1, c, &g.b_rows, &g.b_cols);
+        let (pb, _) = reference::matching_patches(&bp, &g);
+        let mm = match mask {
+            Some(m) => {
+                let mi = m.item(if m.shape()[0] == 1 { 0 } else { n });
+                let mp = reference::downscale(&as64(&mi), g.b_size.1, 1, &g.b_rows, &g.b_cols);
+                reference::mask_validity(&mp, &g)
+            }
+            None => vec![1.0; l],
+        };
+        let pf = reference::query_patches(&fp, &g, &tile.raw_rows);
+        let raw = reference::gemm_nt(&pf, &pb, tile.raw_rows.len() * g.wf, l, g.match_len());
+        let fused = if g.fuse.is_some() {
+            let p1 = reference::fuse_pass(&raw, &Tile::slot_map(&tile.raw_rows, g.hf), &tile.pass1_rows, &g, FusePass::Rows);
+            let rows: Vec<usize> = (0..g.hf).collect();
+            reference::fuse_pass(&p1, &Tile::slot_map(&tile.pass1_rows, g.hf), &rows, &g, FusePass::Cols)
+        } else {
+            raw
+        };
+        assert_eq!(fused.len(), g.queries() * l);
+        out.eff.extend(fused.iter().enumerate().map(|(i, &s)| if mm[i % l] != 0.0 { s } else { f64::NEG_INFINITY }));
+        let mut att = fused;
+        let (a, m) = reference::softmax(&mut att, &mm, l, p.softmax_scale as f64, p.masking);
+        out.att.extend(att);
+        out.argmax.extend(a);
+        out.mass.extend(m);
+    }
+    out
+}
+
+/// Checks the GPU's argmax against the twin's with the near-tie criterion of the file header.
+/// Returns (agreeing queries, queries).
+fn check_argmax(what: &str, gpu: &[u32], twin: &Twin) -> (usize, usize) {
+    assert_eq!(gpu.len(), twin.argmax.len(), "{what}: argmax lengths");
+    let l = twin.l;
+    let mut agree = 0;
+    for (q, (&g, &t)) in gpu.iter().zip(&twin.argmax).enumerate() {
+        if g == t {
+            agree += 1;
+            continue;
+        }
+        assert!((g as usize) < l, "{what}: query {q}: GPU argmax {g} out of range (L = {l})");
+        let (st, sg) = (twin.eff[q * l + t as usize], twin.eff[q * l + g as usize]);
+        let best_att = twin.att[q * l + t as usize];
+        let near = sg.is_finite() && st - sg <= 1e-4 * st.abs().max(sg.abs()) + 1e-7;
+        let underflow = best_att < f32::MIN_POSITIVE as f64;
+        assert!(
+            near || underflow,
+            "{what}: query {q}: GPU picks patch {g} (twin score {sg}), twin picks {t} (score {st}, attention {best_att}): not a near-tie"
+        );
+    }
+    (agree, gpu.len())
+}
+
+/// GPU output against the twin: y, mass, argmax (criterion above). Returns (max|Δy|, max|Δmass|, agree, total).
+fn compare(what: &str, gpu: &Output, cpu: &Output, twin: &Twin) -> (f64, f64, usize, usize) {
+    assert_eq!(gpu.y.shape(), cpu.y.shape(), "{what}: y shapes");
+    assert_eq!((gpu.grid, gpu.patch_grid), (cpu.grid, cpu.patch_grid), "{what}: grids");
+    let ymax = max_abs(cpu.y.data());
+    assert_close(&format!("{what}: y"), gpu.y.data(), &to_f64(cpu.y.data()), 1e-5 * ymax.max(1e-30), 1e-4);
+    let used = tolerance_used(gpu.y.data(), cpu.y.data(), 1e-5 * ymax.max(1e-30), 1e-4);
+    if used > 0.25 {
+        eprintln!("{what}: y used {:.0} % of its tolerance", 100.0 * used);
+    }
+    assert_close(&format!("{what}: mass"), &gpu.mass, &to_f64(&cpu.mass), 1e-5, 0.0);
+    assert!(gpu.y.data().iter().chain(&gpu.mass).all(|v| v.is_finite()), "{what}: NaN or Inf on the GPU");
+    // The twin's own stages and the twin layer agree (guards the helper).
+    assert_eq!(cpu.argmax, twin.argmax, "{what}: twin layer vs twin stages: argmax");
+    assert_close(&format!("{what}: twin mass vs stages"), &cpu.mass, &twin.mass, 1e-6, 0.0);
+    let (agree, total) = check_argmax(what, &gpu.argmax, twin);
+    (max_abs_diff(gpu.y.data(), cpu.y.data()), max_abs_diff(&gpu.mass, &cpu.mass), agree, total)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Grid: GPU vs twin
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum MaskKind {
+    None,
+    Shared,
+    PerSample,
+    /// Per sample, item 1 entirely masked.
+    PerSampleAllMasked1,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    rate: usize,
+    ksize: usize,
+    /// None: fuse off; Some((fk, mode)).
+    fuse: Option<(usize, FuseMode)>,
+    mask: MaskKind,
+    stride: usize,
+    overlap: Overlap,
+    paste: Option<usize>,
+    masking: Masking,
+    channels: usize,
+    /// f = b (self-attention, f's size) instead of f 12r×18r, b 18r×12r.
+    selfie: bool,
+}
+
+fn grid_cases() -> Vec<Case> {
+    use FuseMode::{Spatial as S, Wrap as W};
+    use MaskKind::*;
+    use Masking::{Exclude as X, ZeroLogit as Z};
+    use Overlap::{Exact as E, Quarter as Q};
+    #[rustfmt::skip]
+    let t: &[(usize, usize, Option<(usize, FuseMode)>, MaskKind, usize, Overlap, Option<usize>, Masking, usize, bool)] = &[
+        // rate 1
+        (1, 3, Some((3, W)), None,      1, Q, Option::None, Z, 3, false),
+        (1, 4, Option::None, Shared,    1, Q, Option::None, Z, 4, false),
+        (1, 5, Some((2, W)), PerSample, 1, Q, Option::None, Z, 5, false),
+        (1, 3, Some((5, W)), Shared,    2, Q, Option::None, Z, 3, false),
+        (1, 4, Some((3, S)), PerSample, 1, E, Some(1),      Z, 4, false),
+        (1, 5, Option::None, None,      3, Q, Some(3),      Z, 5, false),
+        (1, 3, Option::None, Shared,    1, Q, Option::None, X, 3, true),
+        (1, 5, Some((3, W)), PerSample, 1, E, Option::None, Z, 3, false),
+        // rate 2
+        (2, 3, Some((3, W)), Shared,    1, Q, Option::None, Z, 3, true), // the models' call
+        (2, 4, Some((2, W)), None,      1, Q, Option::None, Z, 4, false),
+        (2, 5, Some((5, W)), PerSample, 1, Q, Option::None, X, 5, false),
+        (2, 3, Option::None, PerSample, 2, E, Option::None, Z, 4, false),
+        (2, 4, Some((3, W)), Shared,    3, Q, Option::None, Z, 3, false),
+        (2, 5, Some((3, S)), Shared,    1, Q, Some(6),      Z, 5, false),
+        (2, 3, Some((2, S)), None,      1, E, Some(2),      Z, 3, false),
+        (2, 5, Some((5, S)), PerSample, 2, Q, Option::None, X, 4, false),
+        (2, 3, Some((5, W)), Shared,    1, Q, Option::None, Z, 5, false),
+        (2, 3, Some((3, W)), PerSampleAllMasked1, 1, Q, Option::None, X, 3, false),
+        (2, 4, Option::None, PerSampleAllMasked1, 1, Q, Option::None, Z, 4, false),
+        // rate 3
+        (3, 3, Some((3, W)), None,      1, Q, Option::None, Z, 4, true),
+        (3, 4, Some((5, W)), Shared,    1, Q, Option::None, X, 5, false),
+        (3, 5, Option::None, PerSample, 1, Q, Option::None, Z, 3, false),
+        (3, 3, Some((2, W)), PerSample, 2, Q, Option::None, Z, 5, false),
+        (3, 4, Option::None, Shared,    1, E, Some(4),      Z, 4, false), // uneven overlap, exact
+        (3, 5, Some((3, W)), None,      1, E, Some(9),      Z, 3, false),
+        (3, 3, Some((3, S)), Shared,    3, Q, Some(3),      X, 4, false),
+        (3, 4, Some((2, W)), None,      1, Q, Some(4),      Z, 5, false), // uneven overlap, quarter
+        (3, 5, Some((5, S)), None,      2, E, Some(4),      Z, 3, false),
+    ];
+    t.iter()
+        .map(|&(rate, ksize, fuse, mask, stride, overlap, paste, masking, channels, selfie)| Case {
+            rate,
+            ksize,
+            fuse,
+            mask,
+            stride,
+            overlap,
+            paste,
+            masking,
+            channels,
+            selfie,
+        })
+        .collect()
+}
+
+fn case_params(c: &Case) -> Params {
+    Params {
+        ksize: c.ksize,
+        stride: c.stride,
+        rate: c.rate,
+        fuse_k: c.fuse.map_or(3, |f| f.0),
+        fuse: c.fuse.is_some(),
+        fuse_mode: c.fuse.map_or(FuseMode::Wrap, |f| f.1),
+        paste_kernel: c.paste,
+        overlap: c.overlap,
+        masking: c.masking,
+        ..Default::default()
+    }
+}
+
+/// Random inputs for a case: (f, b, mask).
+fn case_inputs(c: &Case, p: &Params, rng: &mut Rng) -> (Tensor, Tensor, Option<Tensor>) {
+    let (r, ch, batch) = (c.rate, c.channels, 2);
+    let f = rng.tensor([batch, 12 * r, 18 * r, ch], -1.0, 1.0);
+    let b = if c.selfie { f.clone() } else { rng.tensor([batch, 18 * r, 12 * r, ch], -1.0, 1.0) };
+    let (bs, hb, wb) = (b.shape(), b.shape()[1], b.shape()[2]);
+    let mask = match c.mask {
+        MaskKind::None => None,
+        MaskKind::Shared => Some(usable_hole(rng, p, bs)),
+        MaskKind::PerSample => Some(concat(&[usable_hole(rng, p, bs), usable_hole(rng, p, bs)])),
+        MaskKind::PerSampleAllMasked1 => {
+            Some(concat(&[usable_hole(rng, p, bs), Tensor::from_fn([1, hb, wb, 1], |_, _, _, _| 1.0)]))
+        }
+    };
+    (f, b, mask)
+}
+
+#[test]
+fn grid_gpu_matches_twin() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new("grid_gpu_matches_twin");
+    let cases = grid_cases();
+    let (mut agree_all, mut total_all, mut worst_rel) = (0, 0, 0.0f64);
+    let t_all = Instant::now();
+    for (k, c) in cases.iter().enumerate() {
+        let t0 = Instant::now();
+        let what = format!("case {k} {c:?}");
+        let params = case_params(c);
+        let (f, b, mask) = case_inputs(c, &params, &mut rng);
+        let gl = ContextualAttention::new(gpu, params.clone()).unwrap();
+        let out = gl.forward(&f, &b, mask.as_ref()).unwrap();
+        let cpu = ContextualAttention::cpu(params.clone()).unwrap().forward(&f, &b, mask.as_ref()).unwrap();
+        let twin = twin_rows(&params, &f, &b, mask.as_ref());
+        let (dy, dm, agree, total) = compare(&what, &out, &cpu, &twin);
+        // Shapes per SPEC §E: L = ceil(hb/s)·ceil(wb/s).
+        let (hb, wb) = (b.shape()[1] / c.rate, b.shape()[2] / c.rate);
+        assert_eq!(out.patch_grid, (hb.div_ceil(c.stride), wb.div_ceil(c.stride)), "{what}: patch grid");
+        assert_eq!(out.grid, (f.shape()[1] / c.rate, f.shape()[2] / c.rate), "{what}: query grid");
+        if let MaskKind::PerSampleAllMasked1 = c.mask {
+            // SPEC §2.3 / §E: every patch masked → attention 0, y exactly 0, never NaN.
+            let per = f.shape()[1] * f.shape()[2] * f.shape()[3];
+            let nq = out.grid.0 * out.grid.1;
+            for (name, o) in [("GPU", &out), ("twin", &cpu)] {
+                assert!(o.y.data()[per..].iter().all(|&v| v == 0.0), "{what}: {name}: y of the all-masked item is not exactly 0");
+                assert!(o.mass[nq..].iter().all(|&m| m == 0.0), "{what}: {name}: mass of the all-masked item is not 0");
+                assert!(o.y.data()[..per].iter().any(|&v| v != 0.0), "{what}: {name}: item 0 is all zero");
+            }
+        }
+        if c.masking == Masking::Exclude {
+            // Exclude: the mass is 1 wherever any patch is valid, 0 otherwise.
+            for (q, &m) in cpu.mass.iter().enumerate() {
+                let any_valid = twin.eff[q * twin.l..(q + 1) * twin.l].iter().any(|s| s.is_finite());
+                let want = if any_valid { 1.0 } else { 0.0 };
+                assert!((m as f64 - want).abs() <= 1e-6, "{what}: twin mass {m} at query {q}, want {want}");
+            }
+        }
+        let ymax = max_abs(cpu.y.data());
+        worst_rel = worst_rel.max(dy / ymax.max(1e-30));
+        agree_all += agree;
+        total_all += total;
+        eprintln!(
+            "grid {k:2}: r{} k{} fuse {:?} mask {:?} s{} {:?} K{:?} {:?} C{}{}: max|Δy| {dy:.2e} (max|y| {ymax:.3}), max|Δmass| {dm:.2e}, argmax {agree}/{total}, {:.2}s",
+            c.rate, c.ksize, c.fuse, c.mask, c.stride, c.overlap, c.paste, c.masking, c.channels,
+            if c.selfie { " f=b" } else { "" },
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    eprintln!(
+        "grid: {} cases, worst max|Δy|/max|y| {worst_rel:.2e}, argmax agree {agree_all}/{total_all}, {:.1}s",
+        cases.len(),
+        t_all.elapsed().as_secs_f64()
+    );
+    assert!(agree_all as f64 >= 0.99 * total_all as f64, "argmax agrees on only {agree_all} of {total_all} queries");
+}
+
+/// The grid covers every value of every axis at least twice (guards edits to the table).
+#[test]
+fn grid_covers_every_axis_value_twice() {
+    let cases = grid_cases();
+    let count = |p: &dyn Fn(&Case) -> bool| cases.iter().filter(|c| p(c)).count();
+    let checks: Vec<(&str, usize)> = vec![
+        ("rate 1", count(&|c| c.rate == 1)),
+        ("rate 2", count(&|c| c.rate == 2)),
+        ("rate 3", count(&|c| c.rate == 3)),
+        ("ksize 3", count(&|c| c.ksize == 3)),
+        ("ksize 4", count(&|c| c.ksize == 4)),
+        ("ksize 5", count(&|c| c.ksize == 5)),
+        ("fuse off", count(&|c| c.fuse.is_none())),
+        ("fuse_k 2", count(&|c| c.fuse.is_some_and(|f| f.0 == 2))),
+        ("fuse_k 3", count(&|c| c.fuse.is_some_and(|f| f.0 == 3))),
+        ("fuse_k 5", count(&|c| c.fuse.is_some_and(|f| f.0 == 5))),
+        ("spatial fuse", count(&|c| c.fuse.is_some_and(|f| f.1 == FuseMode::Spatial))),
+        ("no mask", count(&|c| matches!(c.mask, MaskKind::None))),
+        ("shared mask", count(&|c| matches!(c.mask, MaskKind::Shared))),
+        ("per-sample mask", count(&|c| matches!(c.mask, MaskKind::PerSample | MaskKind::PerSampleAllMasked1))),
+        ("stride 2", count(&|c| c.stride == 2)),
+        ("stride 3", count(&|c| c.stride == 3)),
+        ("exact overlap", count(&|c| c.overlap == Overlap::Exact)),
+        ("K = r", count(&|c| c.paste == Some(c.rate))),
+        ("K = 3r", count(&|c| c.paste == Some(3 * c.rate))),
+        ("K = 4, r = 3", count(&|c| c.paste == Some(4) && c.rate == 3)),
+        ("exclude", count(&|c| c.masking == Masking::Exclude)),
+        ("C 3", count(&|c| c.channels == 3)),
+        ("C 4", count(&|c| c.channels == 4)),
+        ("C 5", count(&|c| c.channels == 5)),
+    ];
+    for (name, n) in checks {
+        assert!(n >= 2, "the grid has only {n} case(s) with {name}");
+    }
+    assert!((20..=30).contains(&cases.len()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. The seed's identity experiment (SPEC §E)
+// ---------------------------------------------------------------------------------------------
+
+fn identity_params(rate: usize, paste: Option<usize>, overlap: Overlap) -> Params {
+    Params { rate, fuse: false, softmax_scale: 1000.0, paste_kernel: paste, overlap, ..Default::default() }
+}
+
+/// Runs f = b on a layer and checks argmax = own patch, mass ≈ 1, and
+/// |y − b·ratio(P,Q)| ≤ 1e-5 everywhere. Returns max |y − b·ratio|.
+fn check_identity(what: &str, layer: &ContextualAttention, x: &Tensor, ratio: &dyn Fn(usize, usize) -> f64) -> f64 {
+    let out = layer.forward(x, x, None).unwrap();
+    let (hf, wf) = out.grid;
+    assert_eq!(out.patch_grid, (hf, wf), "{what}: self-attention grids");
+    for n in 0..x.shape()[0] {
+        for q in 0..hf * wf {
+            assert_eq!(out.argmax[n * hf * wf + q], q as u32, "{what}: item {n} query {q} does not pick its own patch");
+            let m = out.mass[n * hf * wf + q];
+            assert!((m - 1.0).abs() <= 1e-5, "{what}: item {n} query {q}: mass {m}");
+        }
+    }
+    let [bn, h, w, c] = x.shape();
+    let mut worst = 0.0f64;
+    for n in 0..bn {
+        for py in 0..h {
+            for px in 0..w {
+                for ch in 0..c {
+                    let want = x.at(n, py, px, ch) as f64 * ratio(py, px);
+                    let got = out.y.at(n, py, px, ch) as f64;
+                    let d = (got - want).abs();
+                    worst = worst.max(d);
+                    assert!(d <= 1e-5, "{what}: y({n},{py},{px},{ch}) = {got}, want {want} (ratio {})", ratio(py, px));
+                }
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn identity_experiment() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new("identity_experiment");
+    let t0 = Instant::now();
+
+    // The coverage helper reproduces SPEC §2.11's table.
+    assert_eq!(coverage(8, 2, 4), vec![1, 2, 2, 2, 2, 2, 2, 1]);
+    assert_eq!(coverage(6, 1, 2), vec![1, 2, 2, 2, 2, 2]); // rate 1: first row only
+    assert_eq!(coverage(12, 3, 6), vec![1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1]); // rate 3: two top, one bottom
+    assert_eq!(coverage(12, 4, 8), vec![1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1]);
+    // The seed's uneven pattern for K = 4, r = 3 on 6 columns: 1 1 1 2 1 1.
+    assert_eq!(coverage(6, 3, 4), vec![1, 1, 1, 2, 1, 1]);
+
+    // (a) Original semantics at rate 2: y = b inside, b/2 on the edges, b/4 at the corners.
+    let x = rng.tensor([2, 16, 20, 4], 0.1, 1.0);
+    let (h, w) = (16, 20);
+    let p = identity_params(2, None, Overlap::Quarter);
+    let twin = twin_rows(&p, &x, &x, None);
+    let min_own = (0..twin.argmax.len()).map(|q| twin.att[q * twin.l + q % twin.l]).fold(1.0f64, f64::min);
+    assert!(min_own >= 1.0 - 1e-9, "twin: attention on the own patch is only {min_own}, not one-hot");
+    let ratio = |py: usize, px: usize| -> f64 {
+        let edge_y = py == 0 || py == h - 1;
+        let edge_x = px == 0 || px == w - 1;
+        match (edge_y, edge_x) {
+            (false, false) => 1.0,
+            (true, true) => 0.25,
+            _ => 0.5,
+        }
+    };
+    // The literal darkening agrees with the coverage formula (cov_r·cov_c/4).
+    let (cr, cc) = (coverage(h, 2, 4), coverage(w, 2, 4));
+    for py in 0..h {
+        for px in 0..w {
+            assert_eq!(ratio(py, px), (cr[py] * cc[px]) as f64 / 4.0);
+        }
+    }
+    for (name, layer) in [("twin", ContextualAttention::cpu(p.clone()).unwrap()), ("GPU", ContextualAttention::new(gpu, p.clone()).unwrap())] {
+        let worst = check_identity(&format!("identity r2 quarter on {name}"), &layer, &x, &ratio);
+        eprintln!("identity r=2 K=4 quarter on {name}: min twin own attention {min_own:.12}, max |y − b·cov/4| {worst:.2e}");
+    }
+
+    // (b) Exact overlap: y = b at every pixel, for every (rate, K) of the seed.
+    for (r, k) in [(1, 1), (1, 2), (2, 2), (2, 4), (2, 6), (3, 3), (3, 4), (3, 6), (3, 9)] {
+        let x = rng.tensor([1, 6 * r, 7 * r, 3], 0.1, 1.0);
+        let p = identity_params(r, Some(k), Overlap::Exact);
+        for (name, layer) in [("twin", ContextualAttention::cpu(p.clone()).unwrap()), ("GPU", ContextualAttention::new(gpu, p.clone()).unwrap())] {
+            let worst = check_identity(&format!("identity r{r} K{k} exact on {name}"), &layer, &x, &|_, _| 1.0);
+            eprintln!("identity r={r} K={k} exact on {name}: max |y − b| {worst:.2e}");
+        }
+    }
+
+    // (c) The default constant divisor (K/r)² = 16/9 with the uneven K = 4, r = 3: the seed's
+    // coverage pattern 1 1 1 2 1 1 … shows up as y/b = cov_r·cov_c·9/16.
+    let (r, k) = (3, 4);
+    let (h, w) = (18, 24);
+    let x = rng.tensor([1, h, w, 3], 0.1, 1.0);
+    let (cr, cc) = (coverage(h, r, k), coverage(w, r, k));
+    assert_eq!(&cr[..6], &[1, 1, 1, 2, 1, 1]);
+    let div = (k * k) as f64 / (r * r) as f64;
+    let ratio = |py: usize, px: usize| (cr[py] * cc[px]) as f64 / div;
+    let p = identity_params(r, Some(k), Overlap::Quarter);
+    for (name, layer) in [("twin", ContextualAttention::cpu(p.clone()).unwrap()), ("GPU", ContextualAttention::new(gpu, p.clone()).unwrap())] {
+        let worst = check_identity(&format!("identity r3 K4 quarter on {name}"), &layer, &x, &ratio);
+        eprintln!("identity r=3 K=4 quarter on {name}: max |y − b·cov_r·cov_c·9/16| {worst:.2e}");
+    }
+    eprintln!("identity_experiment: {:.2}s", t0.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Tiling invariance (SPEC §T, §9.12)
+// ---------------------------------------------------------------------------------------------
+
+/// ReLU-like features max(0, N(0,1)).
+fn relu_features(rng: &mut Rng, shape: [usize; 4]) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor::new(shape, (0..n).map(|_| normal(rng).max(0.0)).collect()).unwrap()
+}
+
+fn square_hole(h: usize, w: usize, y0: usize, x0: usize, side: usize) -> Tensor {
+    Tensor::from_fn([1, h, w, 1], |_, y, x, _| ((y0..y0 + side).contains(&y) && (x0..x0 + side).contains(&x)) as u8 as f32)
+}
+
+/// Two runs of the same inputs agree: y within 1e-6 relative (and reports whether bit-identical),
+/// argmax identical, mass identical (within 1e-6 relative as well). Returns (bit-identical, max |Δy|).
+fn assert_same_result(what: &str, a: &Output, b: &Output) -> (bool, f64) {
+    let ymax = max_abs(a.y.data());
+    assert_close(&format!("{what}: y"), b.y.data(), &to_f64(a.y.data()), 1e-6 * ymax, 1e-6);
+    assert_eq!(a.argmax, b.argmax, "{what}: argmax differs");
+    assert_close(&format!("{what}: mass"), &b.mass, &to_f64(&a.mass), 0.0, 1e-6);
+    let identical = bits(a.y.data()) == bits(b.y.data()) && bits(&a.mass) == bits(&b.mass);
+    (identical, max_abs_diff(a.y.data(), b.y.data()))
+}
+
+#[test]
+fn tiling_invariance_gpu_model_size() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new("tiling_invariance_gpu_model_size");
+    let shape = [1, 64, 64, 96];
+    let x = relu_features(&mut rng, shape);
+    let hole = square_hole(64, 64, 20, 22, 24);
+    let p = Params { rate: 2, ..Default::default() };
+    let layer = ContextualAttention::new(gpu, p.clone()).unwrap();
+    let plan = layer.plan(shape, shape, Some(hole.shape())).unwrap();
+    assert_eq!(plan.tiles.len(), 1, "the default plan of 64×64×96 should be one tile");
+    // A budget that forces at least 4 tiles.
+    let mut budget = plan.tile_bytes / 4;
+    let tiled = loop {
+        let l = ContextualAttention::new(gpu, Params { memory_budget: Some(budget), ..p.clone() }).unwrap();
+        let pl = l.plan(shape, shape, Some(hole.shape())).unwrap();
+        if pl.tiles.len() >= 4 {
+            break l;
+        }
+        budget = budget * 3 / 4;
+    };
+    let tplan = tiled.plan(shape, shape, Some(hole.shape())).unwrap();
+    assert!(tplan.tiles.len() >= 4 && tplan.tile_bytes <= budget);
+    let t0 = Instant::now();
+    let one = layer.forward(&x, &x, Some(&hole)).unwrap();
+    let t1 = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let many = tiled.forward(&x, &x, Some(&hole)).unwrap();
+    let t2 = t0.elapsed().as_secs_f64();
+    let (identical, dy) = assert_same_result("GPU 64×64×96: one tile vs budget tiles", &one, &many);
+    eprintln!(
+        "tiling GPU 64×64×96: 1 tile ({} B) {t1:.2}s vs {} tiles of {} rows (budget {budget} B, {} B) {t2:.2}s: max|Δy| {dy:.2e}, bit-identical: {identical}",
+        plan.tile_bytes,
+        tplan.tiles.len(),
+        tplan.rows_per_tile,
+        tplan.tile_bytes
+    );
+}
+
+#[test]
+fn tiling_invariance_twin() {
+    let mut rng = Rng::new("tiling_invariance_twin");
+    let shape = [1, 16, 16, 4];
+    let x = relu_features(&mut rng, shape);
+    let hole = square_hole(16, 16, 5, 6, 6);
+    let t0 = Instant::now();
+    for (fuse, mode) in [(true, FuseMode::Wrap), (true, FuseMode::Spatial), (false, FuseMode::Wrap)] {
+        let p = Params { rate: 2, fuse, fuse_mode: mode, ..Default::default() };
+        let layer = ContextualAttention::cpu(p).unwrap();
+        let whole = layer.forward_with_tile_rows(8, &x, &x, Some(&hole)).unwrap();
+        assert_eq!(whole, layer.forward(&x, &x, Some(&hole)).unwrap(), "twin: forward vs one tile of 8 rows");
+        for rows in [1, 2, 3] {
+            let tiled = layer.forward_with_tile_rows(rows, &x, &x, Some(&hole)).unwrap();
+            let what = format!("twin fuse {fuse} {mode:?}, {rows} rows per tile");
+            assert_close(&format!("{what}: y"), tiled.y.data(), &to_f64(whole.y.data()), 1e-12, 0.0);
+            assert_eq!(tiled.argmax, whole.argmax, "{what}: argmax");
+            assert_close(&format!("{what}: mass"), &tiled.mass, &to_f64(&whole.mass), 1e-12, 0.0);
+            let identical = bits(tiled.y.data()) == bits(whole.y.data());
+            eprintln!("{what}: max|Δy| {:.2e}, bit-identical: {identical}", max_abs_diff(tiled.y.data(), whole.y.data()));
+        }
+    }
+    eprintln!("tiling_invariance_twin: {:.2}s", t0.elapsed().as_secs_f64());
+}
+
+#[test]
+fn tiling_invariance_gpu_small() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new("tiling_invariance_gpu_small");
+    let t0 = Instant::now();
+    // hf = 8, wf = 10 query grid; b 12×14 → 6×7 patches; tiles of 1, 2, 3, 5 rows start/end at 0 and hf−1.
+    let f = rng.tensor([2, 16, 20, 4], -1.0, 1.0);
+    let b = rng.tensor([2, 12, 14, 4], -1.0, 1.0);
+    let hole = usable_hole(&mut rng, &Params { rate: 2, ..Default::default() }, b.shape());
+    for (fuse, fk, mode) in [(true, 3, FuseMode::Wrap), (true, 5, FuseMode::Wrap), (true, 3, FuseMode::Spatial), (false, 3, FuseMode::Wrap)] {
+        let p = Params { rate: 2, fuse, fuse_k: fk, fuse_mode: mode, ..Default::default() };
+        let layer = ContextualAttention::new(gpu, p.clone()).unwrap();
+        assert_eq!(layer.plan(f.shape(), b.shape(), Some(hole.shape())).unwrap().tiles.len(), 1);
+        let whole = layer.forward(&f, &b, Some(&hole)).unwrap();
+        let cpu = ContextualAttention::cpu(p.clone()).unwrap().forward(&f, &b, Some(&hole)).unwrap();
+        let twin = twin_rows(&p, &f, &b, Some(&hole));
+        let (dy, _, agree, total) = compare(&format!("GPU fuse {fuse} fk{fk} {mode:?} one tile vs twin"), &whole, &cpu, &twin);
+        let mut all_identical = true;
+        for rows in [1, 2, 3, 5, 7] {
+            let what = format!("GPU fuse {fuse} fk{fk} {mode:?}, {rows} rows per tile");
+            let tiled = layer.forward_with_tile_rows(rows, &f, &b, Some(&hole)).unwrap();
+            let (identical, d) = assert_same_result(&what, &whole, &tiled);
+            all_identical &= identical;
+            if !identical {
+                eprintln!("{what}: NOT bit-identical, max|Δy| {d:.2e}");
+            }
+        }
+        eprintln!("GPU small tiling fuse {fuse} fk{fk} {mode:?}: vs twin max|Δy| {dy:.2e}, argmax {agree}/{total}; tiles 1,2,3,5,7 rows bit-identical to one tile: {all_identical}");
+    }
+    eprintln!("tiling_invariance_gpu_small: {:.2}s", t0.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Model-sized smoke test (SPEC §9.13)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn model_sized_smoke_gpu_vs_twin() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new("model_sized_smoke_gpu_vs_twin");
+    let shape = [1, 64, 64, 96];
+    let x = relu_features(&mut rng, shape);
+    let hole = square_hole(64, 64, 20, 20, 24);
+    let p = Params { rate: 2, ..Default::default() };
+    let t0 = Instant::now();
+    let out = ContextualAttention::new(gpu, p.clone()).unwrap().forward(&x, &x, Some(&hole)).unwrap();
+    let t_gpu = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let cpu = ContextualAttention::cpu(p.clone()).unwrap().forward(&x, &x, Some(&hole)).unwrap();
+    let t_cpu = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let twin = twin_rows(&p, &x, &x, Some(&hole));
+    let t_rows = t0.elapsed().as_secs_f64();
+    let rel = rel_l2(out.y.data(), cpu.y.data());
+    let (dy, dm, agree, total) = compare("64×64×96 smoke", &out, &cpu, &twin);
+    let min_mass = cpu.mass.iter().fold(1.0f32, |m, &v| m.min(v));
+    eprintln!(
+        "smoke 64×64×96: rel L2 {rel:.2e}, max|Δy| {dy:.2e} (max|y| {:.3}), max|Δmass| {dm:.2e}, min twin mass {min_mass:.4}, argmax {agree}/{total}; GPU {t_gpu:.2}s, twin {t_cpu:.2}s, twin rows {t_rows:.2}s",
+        max_abs(cpu.y.data())
+    );
+    assert!(rel <= 1e-5, "relative L2 {rel:e} > 1e-5");
+    assert!(agree as f64 >= 0.99 * total as f64, "argmax agrees on only {agree} of {total}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. forward_async and the buffer cache
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn forward_async_matches_forward() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new("forward_async_matches_forward");
+    let p = Params { rate: 2, ..Default::default() };
+    let layer = ContextualAttention::new(gpu, p.clone()).unwrap();
+    let f = rng.tensor([2, 12, 16, 3], -1.0, 1.0);
+    let b = rng.tensor([2, 16, 12, 3], -1.0, 1.0);
+    let hole = usable_hole(&mut rng, &p, b.shape());
+    let sync = layer.forward(&f, &b, Some(&hole)).unwrap();
+    let asynchronous = pollster::block_on(layer.forward_async(&f, &b, Some(&hole))).unwrap();
+    assert_eq!(sync, asynchronous, "forward_async differs from forward");
+    // And both are right.
+    let cpu = ContextualAttention::cpu(p.clone()).unwrap().forward(&f, &b, Some(&hole)).unwrap();
+    let (dy, dm, agree, total) = compare("forward_async vs twin", &asynchronous, &cpu, &twin_rows(&p, &f, &b, Some(&hole)));
+    // The CPU backend's future gives the twin's result.
+    let cpu_async = pollster::block_on(ContextualAttention::cpu(p).unwrap().forward_async(&f, &b, Some(&hole))).unwrap();
+    assert_eq!(cpu_async, cpu);
+    eprintln!("forward_async: identical to forward; vs twin max|Δy| {dy:.2e}, max|Δmass| {dm:.2e}, argmax {agree}/{total}");
+}
+
+#[test]
+fn layer_reuse_across_shapes() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new("layer_reuse_across_shapes");
+    let p = Params { rate: 2, ..Default::default() };
+    let layer = ContextualAttention::new(gpu, p.clone()).unwrap();
+    let cpu = ContextualAttention::cpu(p.clone()).unwrap();
+    let fa = rng.tensor([2, 12, 16, 3], -1.0, 1.0);
+    let ba = rng.tensor([2, 16, 12, 3], -1.0, 1.0);
+    let ma = usable_hole(&mut rng, &p, ba.shape());
+    let fb = rng.tensor([1, 10, 8, 5], -1.0, 1.0);
+    let fa2 = rng.tensor([2, 12, 16, 3], -1.0, 1.0);
+    let ma2 = concat(&[usable_hole(&mut rng, &p, ba.shape()), usable_hole(&mut rng, &p, ba.shape())]);
+    let ma3 = usable_hole(&mut rng, &p, ba.shape());
+    let calls: Vec<(&str, &Tensor, &Tensor, Option<&Tensor>)> = vec![
+        ("A", &fa, &ba, Some(&ma)),
+        ("B (other shape, no mask)", &fb, &fb, None),
+        ("A again", &fa, &ba, Some(&ma)),
+        ("A shape, new f", &fa2, &ba, Some(&ma)),
+        ("A shape, new shared mask", &fa2, &ba, Some(&ma3)),
+        ("A shape, per-sample mask", &fa, &ba, Some(&ma2)),
+        ("A shape, no mask", &fa, &ba, None),
+        ("A again", &fa, &ba, Some(&ma)),
+    ];
+    let mut first_a: Option<Output> = None;
+    for (name, f, b, m) in calls {
+        let out = layer.forward(f, b, m).unwrap();
+        let want = cpu.forward(f, b, m).unwrap();
+        let (dy, _, agree, total) = compare(&format!("reuse: {name}"), &out, &want, &twin_rows(&p, f, b, m));
+        eprintln!("reuse {name}: max|Δy| {dy:.2e}, argmax {agree}/{total}");
+        if name.starts_with("A again") || name == "A" {
+            match &first_a {
+                None => first_a = Some(out),
+                Some(a) => assert_eq!(&out, a, "reuse: {name}: differs from the first call of A"),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. The demo's semantics (SPEC §3, §9.14)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn demo_semantics() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new("demo_semantics");
+    let t0 = Instant::now();
+    let (r, kk) = (2usize, 4usize);
+    let f = rng.tensor([1, 16, 20, 3], 0.0, 255.0);
+    let b = rng.tensor([1, 12, 12, 3], 0.0, 255.0);
+    let p = Params { rate: r, fuse: false, softmax_scale: 10.0, ..Default::default() };
+    let cpu = ContextualAttention::cpu(p.clone()).unwrap().forward(&f, &b, None).unwrap();
+    let twin = twin_rows(&p, &f, &b, None);
+    assert_eq!(cpu.argmax, twin.argmax);
+    let (hf, wf) = cpu.grid;
+    let (ph, pw) = cpu.patch_grid;
+    assert_eq!((hf, wf, ph, pw), (8, 10, 6, 6));
+    let l = twin.l;
+
+    // Effectively one-hot: the largest attention of (nearly) every query is ≈ 1.
+    let amax: Vec<f64> = (0..hf * wf).map(|q| twin.att[q * l + twin.argmax[q] as usize]).collect();
+    let onehot = amax.iter().filter(|&&a| a >= 1.0 - 1e-6).count();
+    let min_amax = amax.iter().cloned().fold(1.0, f64::min);
+    assert!(onehot as f64 >= 0.9 * (hf * wf) as f64, "only {onehot} of {} queries have one-hot attention", hf * wf);
+    assert!(cpu.mass.iter().all(|&m| (m - 1.0).abs() <= 1e-6), "no mask: mass must be 1");
+
+    // y per pixel = ¼ · Σ over the covering queries (i, j) of b̃(P + r(u−i), Q + r(v−j)), (u, v)
+    // = argmax(i, j) (SPEC §2.11), computed here directly. Where a query's attention is not
+    // exactly one-hot, the bound allows its remaining mass: ¼ · 2(1 − A_max) · 255 per query.
+    let (hfull, wfull) = (16usize, 20usize);
+    let pi = same_pad_before(hfull, kk, r) as isize;
+    assert_eq!(pi, 1);
+    let (mut worst, mut worst_onehot) = (0.0f64, 0.0f64);
+    for py in 0..hfull {
+        for px in 0..wfull {
+            for ch in 0..3 {
+                let (mut want, mut tol, mut all_onehot) = (0.0, 1e-3, true);
+                for i in 0..hf {
+                    for j in 0..wf {
+                        let (ty, tx) = (py as isize - (r * i) as isize + pi, px as isize - (r * j) as isize + pi);
+                        if !(0..kk as isize).contains(&ty) || !(0..kk as isize).contains(&tx) {
+                            continue;
+                        }
+                        let q = i * wf + j;
+                        let (u, v) = (cpu.argmax[q] as usize / pw, cpu.argmax[q] as usize % pw);
+                        let (sy, sx) = (py as isize + (r * u) as isize - (r * i) as isize, px as isize + (r * v) as isize - (r * j) as isize);
+                        want += 0.25 * b_tilde(&b, 0, sy, sx, ch);
+                        tol += 0.25 * 2.0 * (1.0 - amax[q]) * 255.0;
+                        all_onehot &= amax[q] >= 1.0 - 1e-6;
+                    }
+                }
+                let got = cpu.y.at(0, py, px, ch) as f64;
+                worst = worst.max((got - want).abs());
+                if all_onehot {
+                    worst_onehot = worst_onehot.max((got - want).abs());
+                }
+                assert!((got - want).abs() <= tol, "twin y({py},{px},{ch}) = {got}, one-hot paste gives {want} (tolerance {tol})");
+            }
+        }
+    }
+
+    // Border darkening: with the exact overlap the attention is unchanged and only the divisor
+    // differs, so y_quarter = y_exact · cov_r·cov_c/4: ½ on the edges, ¼ at the corners.
+    let exact = ContextualAttention::cpu(Params { overlap: Overlap::Exact, ..p.clone() }).unwrap().forward(&f, &b, None).unwrap();
+    assert_eq!(exact.argmax, cpu.argmax);
+    let (cr, cc) = (coverage(hfull, r, kk), coverage(wfull, r, kk));
+    let mut worst_ratio = 0.0f64;
+    for py in 0..hfull {
+        for px in 0..wfull {
+            let ratio = (cr[py] * cc[px]) as f64 / 4.0;
+            let edge = (py == 0 || py == hfull - 1) as u8 + (px == 0 || px == wfull - 1) as u8;
+            assert_eq!(ratio, [1.0, 0.5, 0.25][edge as usize]);
+            for ch in 0..3 {
+                let (q, e) = (cpu.y.at(0, py, px, ch) as f64, exact.y.at(0, py, px, ch) as f64);
+                let d = (q - e * ratio).abs();
+                worst_ratio = worst_ratio.max(d);
+                assert!(d <= 1e-4 * e.abs().max(1.0), "darkening at ({py},{px}): quarter {q}, exact {e}, ratio {ratio}");
+            }
+        }
+    }
+
+    // The GPU matches the twin.
+    let out = ContextualAttention::new(gpu, p.clone()).unwrap().forward(&f, &b, None).unwrap();
+    let (dy, dm, agree, total) = compare("demo GPU vs twin", &out, &cpu, &twin);
+    eprintln!(
+        "demo: {onehot}/{} one-hot queries (min A_max {min_amax:.6}); twin vs one-hot paste max|Δ| {worst_onehot:.2e} where all covering queries are one-hot ({worst:.2e} overall, within the remaining-mass bound); darkening max|Δ| {worst_ratio:.2e}; GPU vs twin max|Δy| {dy:.2e} (max|y| {:.1}), max|Δmass| {dm:.2e}, argmax {agree}/{total}; {:.2}s",
+        hf * wf,
+        max_abs(cpu.y.data()),
+        t0.elapsed().as_secs_f64()
+    );
+}
