@@ -277,6 +277,20 @@ impl Geometry {
 }
 
 impl Geometry {
+    /// Checks that every query (i, j) lies on the hf×wf query grid.
+    pub fn check_queries(&self, queries: &[(usize, usize)]) -> Result<()> {
+        for &(i, j) in queries {
+            if i >= self.hf || j >= self.wf {
+                return Err(Error::param(
+                    "queries",
+                    format!("({i},{j})"),
+                    format!("outside the {}×{} query grid (f downscaled by the rate); rows 0..{}, columns 0..{}", self.hf, self.wf, self.hf, self.wf),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Floating-point operations of one call, counted as in SPEC §2.13: per batch item
     /// 2·Nf·L·k²C (matching) + 2·fk·Nf·L (fuse) + 2·Nf·L·K²C (paste).
     pub fn flops(&self) -> f64 {

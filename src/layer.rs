@@ -29,12 +29,16 @@ pub struct Output {
     pub grid: (usize, usize),
     /// b's patch grid (ph, pw).
     pub patch_grid: (usize, usize),
+    /// The queries (i, j) whose attention rows were asked for ([`ContextualAttention::forward_inspect`]).
+    pub queries: Vec<(usize, usize)>,
+    /// Their attention over b's patches, `[B, queries, ph, pw]` flattened; empty unless asked for.
+    pub attention_rows: Vec<f32>,
 }
 
 impl Output {
     pub(crate) fn new(g: &Geometry, y: Tensor, argmax: Vec<u32>, mass: Vec<f32>) -> Output {
         let offsets = argmax.iter().flat_map(|&a| [(a as usize / g.pw) as i32, (a as usize % g.pw) as i32]).collect();
-        Output { y, argmax, offsets, mass, grid: (g.hf, g.wf), patch_grid: (g.ph, g.pw) }
+        Output { y, argmax, offsets, mass, grid: (g.hf, g.wf), patch_grid: (g.ph, g.pw), queries: Vec::new(), attention_rows: Vec::new() }
     }
 }
 
@@ -114,11 +118,17 @@ impl ContextualAttention {
     /// (background); `mask` `[1 or B, Hb, Wb, 1]` marks with 1 the pixels of b that may not be
     /// used as a source.
     pub fn forward(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Output> {
+        self.forward_inspect(f, b, mask, &[])
+    }
+
+    /// [`forward`](Self::forward), also returning the attention rows of the queries (i, j) of
+    /// the hf×wf query grid in [`Output::attention_rows`] (for every batch item).
+    pub fn forward_inspect(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>, queries: &[(usize, usize)]) -> Result<Output> {
         match &self.backend {
-            Backend::Cpu => reference::forward(&self.params, f, b, mask),
+            Backend::Cpu => reference::forward(&self.params, f, b, mask, queries),
             Backend::Gpu(gpu) => {
                 let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
-                let pending = forward::submit(gpu, self.kernels(), &mut ws, &self.params, f, b, mask)?;
+                let pending = forward::submit(gpu, self.kernels(), &mut ws, &self.params, f, b, mask, queries)?;
                 pending.wait(gpu)
             }
         }
@@ -129,11 +139,11 @@ impl ContextualAttention {
     /// the work runs before the future is returned.
     pub async fn forward_async(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Output> {
         match &self.backend {
-            Backend::Cpu => reference::forward(&self.params, f, b, mask),
+            Backend::Cpu => reference::forward(&self.params, f, b, mask, &[]),
             Backend::Gpu(gpu) => {
                 let pending = {
                     let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
-                    forward::submit(gpu, self.kernels(), &mut ws, &self.params, f, b, mask)?
+                    forward::submit(gpu, self.kernels(), &mut ws, &self.params, f, b, mask, &[])?
                 };
                 pending.wait_async(gpu).await
             }
@@ -146,10 +156,10 @@ impl ContextualAttention {
         let g = Geometry::new(&self.params, f.shape(), b.shape(), mask.map(|m| m.shape()))?;
         let plan = &Plan::with_rows(&g, rows_per_tile);
         match &self.backend {
-            Backend::Cpu => Ok(reference::forward_planned(&self.params, &g, plan, f, b, mask)),
+            Backend::Cpu => reference::forward_planned(&self.params, &g, plan, f, b, mask, &[]),
             Backend::Gpu(gpu) => {
                 let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
-                forward::submit_planned(gpu, self.kernels(), &mut ws, &self.params, g, plan.clone(), f, b, mask)?.wait(gpu)
+                forward::submit_planned(gpu, self.kernels(), &mut ws, &self.params, g, plan.clone(), f, b, mask, &[])?.wait(gpu)
             }
         }
     }

@@ -45,3 +45,8 @@ pub use layer::{Backend, ContextualAttention, Output};
 pub use params::{FuseMode, Masking, Overlap, Params};
 pub use plan::Plan;
 pub use tensor::Tensor;
+
+/// The README's Rust example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

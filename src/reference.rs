@@ -279,14 +279,24 @@ pub fn normalize(y: &mut [f64], g: &Geometry, overlap: Overlap) {
 }
 
 /// The whole layer on the CPU, f64 inside (see [`crate::ContextualAttention`] for the arguments).
-pub fn forward(params: &Params, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Output> {
+/// `queries` (i, j) of the query grid get their attention rows in [`Output::attention_rows`].
+pub fn forward(params: &Params, f: &Tensor, b: &Tensor, mask: Option<&Tensor>, queries: &[(usize, usize)]) -> Result<Output> {
     let g = Geometry::new(params, f.shape(), b.shape(), mask.map(|m| m.shape()))?;
     let plan = Plan::new(&g, params.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET), u64::MAX)?;
-    Ok(forward_planned(params, &g, &plan, f, b, mask))
+    forward_planned(params, &g, &plan, f, b, mask, queries)
 }
 
 /// The layer with a given plan (tests use it to force tilings).
-pub fn forward_planned(params: &Params, g: &Geometry, plan: &Plan, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Output {
+pub fn forward_planned(
+    params: &Params,
+    g: &Geometry,
+    plan: &Plan,
+    f: &Tensor,
+    b: &Tensor,
+    mask: Option<&Tensor>,
+    queries: &[(usize, usize)],
+) -> Result<Output> {
+    g.check_queries(queries)?;
     let (l, c) = (g.patches(), g.channels);
     let (hf_full, wf_full) = g.f_size;
     let (hb_full, wb_full) = g.b_size;
@@ -294,6 +304,7 @@ pub fn forward_planned(params: &Params, g: &Geometry, plan: &Plan, f: &Tensor, b
     let mut y_all = Vec::with_capacity(g.batch * hf_full * wf_full * c);
     let mut argmax_all = Vec::with_capacity(g.batch * nq);
     let mut mass_all = Vec::with_capacity(g.batch * nq);
+    let mut rows_all = vec![0.0f32; g.batch * queries.len() * l];
     let item = |t: &Tensor, n: usize| -> Vec<f64> { t.item(n).data().iter().map(|&v| v as f64).collect() };
     for n in 0..g.batch {
         let f_n = item(f, n);
@@ -314,13 +325,21 @@ pub fn forward_planned(params: &Params, g: &Geometry, plan: &Plan, f: &Tensor, b
         let mut y = vec![0.0; hf_full * wf_full * c];
         for tile in &plan.tiles {
             let attention = tile_attention(params, g, tile, &fp, &pb, &mm, &mut argmax_all, &mut mass_all);
+            for (q, &(i, j)) in queries.iter().enumerate().filter(|(_, (i, _))| tile.rows.contains(i)) {
+                let row = &attention[((i - tile.rows.start) * g.wf + j) * l..][..l];
+                rows_all[(n * queries.len() + q) * l..][..l].iter_mut().zip(row).for_each(|(d, &a)| *d = a as f32);
+            }
             let cols = gemm_nn(&attention, &raw, tile.rows.len() * g.wf, g.raw_len(), l);
             fold(&cols, tile.rows.clone(), g, &mut y);
         }
         normalize(&mut y, g, params.overlap);
         y_all.extend(y.iter().map(|&v| v as f32));
     }
-    Output::new(g, Tensor::new([g.batch, hf_full, wf_full, c], y_all).expect("sizes agree"), argmax_all, mass_all.into_iter().map(|m| m as f32).collect())
+    let y = Tensor::new([g.batch, hf_full, wf_full, c], y_all).expect("sizes agree");
+    let mut out = Output::new(g, y, argmax_all, mass_all.into_iter().map(|m| m as f32).collect());
+    out.queries = queries.to_vec();
+    out.attention_rows = rows_all;
+    Ok(out)
 }
 
 /// Scores, fuse and softmax of one tile: the attention rows `[tile rows·wf, L]`.

@@ -227,7 +227,7 @@ fn accepted_edge_cases() {
     assert!(Params { memory_budget: Some(1), ..Default::default() }.validate().is_ok());
     let x = rng.tensor([1, 8, 8, 2], -1.0, 1.0);
     let layer = ContextualAttention::cpu(Params { rate: 2, memory_budget: Some(1), ..Default::default() }).unwrap();
-    let e = layer.forward(&x, &x, None).err().expect("a 1-byte budget cannot fit a tile");
+    let e = layer.forward(&x, &x, None).expect_err("a 1-byte budget cannot fit a tile");
     assert!(matches!(e, Error::MemoryBudget { budget: 1, .. }), "{e:?}");
     check_message("1-byte budget", &e, &["memory budget", "raise"]);
 
@@ -289,6 +289,6 @@ fn gpu_forward_returns_the_same_errors() {
     }
     let x = rng.tensor([1, 8, 8, 2], -1.0, 1.0);
     let layer = ContextualAttention::new(gpu, Params { rate: 2, memory_budget: Some(1), ..Default::default() }).unwrap();
-    let e = layer.forward(&x, &x, None).err().expect("a 1-byte budget cannot fit a tile on the GPU either");
+    let e = layer.forward(&x, &x, None).expect_err("a 1-byte budget cannot fit a tile on the GPU either");
     assert!(matches!(e, Error::MemoryBudget { budget: 1, .. }), "{e:?}");
 }

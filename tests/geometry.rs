@@ -204,6 +204,8 @@ fn nn_index_maps() {
 // 3. The fuse operator on one-hot inputs (SPEC §2.8, §9.3)
 
 type Pair = ((usize, usize), (usize, usize)); // (query (i,j); patch (u,v))
+/// (i, j, u, v) of a fused entry and the raw pairs SPEC §2.8's table lists for it.
+type TableRow = ((usize, usize, usize, usize), BTreeSet<Pair>);
 
 /// For every fused entry, the raw (query; patch) entries that feed it and with what weight,
 /// found by fusing one one-hot raw score matrix per raw entry.
@@ -236,7 +238,7 @@ fn fuse_contributors_match_spec_table() {
     assert_eq!((g.hf, g.wf, g.ph, g.pw), (3, 3, 3, 3));
     let table = contributors(&g, (FusePass::Rows, FusePass::Cols));
     let all_diag: Vec<_> = (0..3).flat_map(|a| (0..3).map(move |b| (a, b, a, b))).collect();
-    let cases: [((usize, usize, usize, usize), BTreeSet<Pair>); 5] = [
+    let cases: [TableRow; 5] = [
         ((1, 1, 1, 1), pairs(&all_diag)),
         (
             (0, 2, 1, 2),
@@ -260,7 +262,8 @@ fn fuse_contributors_match_spec_table() {
     // The spatial option is the zero-padded 2-D filter: (0,2;1,2) gets only the first 4 terms.
     let gs = fuse_geometry(3, 3, 3, 3, 3, FuseMode::Spatial);
     let spatial = contributors(&gs, (FusePass::Rows, FusePass::Cols));
-    let got: BTreeSet<Pair> = spatial[(0 * 3 + 2) * 9 + 1 * 3 + 2].iter().map(|(p, _)| *p).collect();
+    let at = |i: usize, j: usize, u: usize, v: usize| (i * 3 + j) * 9 + u * 3 + v;
+    let got: BTreeSet<Pair> = spatial[at(0, 2, 1, 2)].iter().map(|(p, _)| *p).collect();
     assert_eq!(got, pairs(&[(0, 1, 1, 1), (0, 2, 1, 2), (1, 1, 2, 1), (1, 2, 2, 2)]), "spatial fuse of (0,2;1,2)");
 }
 
@@ -518,6 +521,76 @@ fn constant_image_border_darkening() {
     }
 }
 
+#[test]
+fn raw_patches_follow_spec_2_4() {
+    // raw(l = (u,v), ty, tx, c) = b̃(u·r·s + ty − π, v·r·s + tx − π, c), π the SAME "before"
+    // padding of (H, K, r·s); for s = 1 and K = 2r, π = ⌊r/2⌋ (SPEC §2.4).
+    let mut rng = Rng::new("raw_patches_follow_spec_2_4");
+    for (rate, stride, kernel, h, w) in [(1, 1, 2, 5, 7), (2, 1, 4, 8, 6), (3, 1, 6, 9, 12), (3, 1, 4, 12, 9), (2, 2, 4, 10, 14), (2, 2, 6, 8, 12)] {
+        let c = 2;
+        let params = Params { rate, stride, paste_kernel: Some(kernel), ..Default::default() };
+        let g = Geometry::new(&params, [1, h, w, c], [1, h, w, c], None).unwrap();
+        let step = rate * stride;
+        let before = |n: usize| ((n.div_ceil(step) - 1) * step + kernel).saturating_sub(n) / 2;
+        if stride == 1 && kernel == 2 * rate {
+            assert_eq!((before(h), before(w)), (rate / 2, rate / 2));
+        }
+        let (ph, pw) = ((h / rate).div_ceil(stride), (w / rate).div_ceil(stride));
+        let b: Vec<f64> = rng.vec(h * w * c, -1.0, 1.0).into_iter().map(f64::from).collect();
+        let raw = reference::raw_patches(&b, &g);
+        let len = kernel * kernel * c;
+        assert_eq!(raw.len(), ph * pw * len);
+        for u in 0..ph {
+            for v in 0..pw {
+                for ty in 0..kernel {
+                    for tx in 0..kernel {
+                        let y = (u * step + ty) as isize - before(h) as isize;
+                        let x = (v * step + tx) as isize - before(w) as isize;
+                        for ch in 0..c {
+                            let want = if y < 0 || x < 0 || y >= h as isize || x >= w as isize { 0.0 } else { b[(y as usize * w + x as usize) * c + ch] };
+                            let got = raw[(u * pw + v) * len + (ty * kernel + tx) * c + ch];
+                            assert_eq!(got, want, "r={rate} s={stride} K={kernel}: raw patch ({u},{v}) at ({ty},{tx},{ch})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn identity_experiment_with_exact_overlap() {
+    // SPEC §E: f = b, no mask, fuse off, a large softmax scale → attention one-hot on the
+    // query's own patch; with `exact` overlap y = b at every pixel for any r and K ≥ r
+    // (including the uneven K = 4, r = 3); with the original `/4` (K = 2r) y = b·coverage/4.
+    let mut rng = Rng::new("identity_experiment_with_exact_overlap");
+    for (rate, kernel, h, w) in [(1, 2, 5, 7), (2, 4, 8, 10), (3, 6, 12, 9), (3, 4, 12, 9), (2, 2, 8, 6), (2, 6, 8, 6), (3, 9, 9, 12), (1, 1, 4, 5)] {
+        let x = rng.tensor([1, h, w, 3], -1.0, 1.0);
+        for overlap in [contextual_attention::Overlap::Exact, contextual_attention::Overlap::Quarter] {
+            if overlap == contextual_attention::Overlap::Quarter && kernel != 2 * rate {
+                continue;
+            }
+            let params = Params { rate, paste_kernel: Some(kernel), fuse: false, softmax_scale: 1000.0, overlap, ..Default::default() };
+            let out = ContextualAttention::cpu(params).unwrap().forward(&x, &x, None).unwrap();
+            let (hf, wf) = (h / rate, w / rate);
+            let own: Vec<u32> = (0..(hf * wf) as u32).collect();
+            assert_eq!(out.argmax, own, "r={rate} K={kernel}: every query must attend to its own patch");
+            for py in 0..h {
+                for px in 0..w {
+                    let factor = match overlap {
+                        contextual_attention::Overlap::Exact => 1.0,
+                        contextual_attention::Overlap::Quarter => spec_coverage(h, rate, py) * spec_coverage(w, rate, px) / 4.0,
+                    };
+                    for ch in 0..3 {
+                        let (got, want) = (out.y.at(0, py, px, ch) as f64, x.at(0, py, px, ch) as f64 * factor);
+                        assert!((got - want).abs() <= 1e-6, "r={rate} K={kernel} {overlap:?}: y({py},{px},{ch}) = {got}, want {want}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. Argmax ties and offsets (SPEC §2.10, §9.9)
 
@@ -715,6 +788,12 @@ fn plan_halo_rows_and_cover() {
     let g2 = Geometry::new(&Params { rate: 1, fuse: false, ..Default::default() }, [1, 8, 8, 2], [1, 8, 8, 2], None).unwrap();
     for t in &Plan::with_rows(&g2, 3).tiles {
         assert_eq!(t.raw_rows, t.rows.clone().collect::<Vec<_>>());
+    }
+
+    // A budget that fits but a binding limit that even one row exceeds: BufferTooLarge.
+    match Plan::new(&g, 1 << 30, 64) {
+        Err(Error::BufferTooLarge { limit, size, .. }) => assert!(limit == 64 && size > 64, "limit {limit}, size {size}"),
+        other => panic!("a 64-byte binding limit must give Error::BufferTooLarge, got {other:?}"),
     }
 
     match Plan::new(&g, 16, u64::MAX) {

@@ -297,6 +297,12 @@ fn softmax_matches_twin() {
         if magnitude > 1.0 {
             scores.iter_mut().for_each(|s| *s = (*s * 8.0).round() / 8.0);
         }
+        // A clear winner in half of the rows (at the last patch, which the mixed mask keeps
+        // valid, or anywhere), so that the argmax is checked even at λ = 0.5 over 300 patches.
+        for q in (0..rows).step_by(2) {
+            let at = if q % 4 == 0 { l - 1 } else { rng.below(l) };
+            scores[q * l + at] = magnitude + 0.5;
+        }
         let mixed: Vec<f32> = (0..l).map(|i| if i == 0 { 0.0 } else if i == l - 1 { 1.0 } else { (rng.below(3) != 0) as u8 as f32 }).collect();
         let masks = [("no mask", vec![1.0f32; l]), ("mixed mask", mixed), ("all masked", vec![0.0f32; l])];
         for (kind, mm) in &masks {
@@ -324,7 +330,7 @@ fn fold_matches_twin() {
     for cfg in configs() {
         let g = cfg.geometry();
         let y_len = g.f_size.0 * g.f_size.1 * g.channels;
-        let mut tiles: Vec<std::ops::Range<usize>> = vec![0..g.hf];
+        let mut tiles: Vec<std::ops::Range<usize>> = std::iter::once(0..g.hf).collect();
         tiles.extend(Plan::with_rows(&g, 2).tiles.into_iter().map(|t| t.rows));
         if g.hf >= 3 {
             tiles.push(1..g.hf - 1); // a tile in the middle

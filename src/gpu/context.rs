@@ -78,9 +78,12 @@ impl Gpu {
     pub async fn new_async() -> Result<Gpu> {
         let instance = instance();
         let adapter = if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
-            wgpu::util::initialize_adapter_from_env(&instance, None).await.map_err(|e| {
-                let seen: Vec<String> = list_adapters().iter().map(describe_adapter).collect();
-                Error::NoAdapter(format!("no adapter matches WGPU_ADAPTER_NAME={name:?} ({e}); adapters seen: {seen:?}"))
+            // wgpu's own helper panics when nothing matches; a message is more useful.
+            let wanted = name.to_lowercase();
+            let adapters = instance.enumerate_adapters(wgpu::Backends::from_env().unwrap_or(NATIVE)).await;
+            let seen: Vec<String> = adapters.iter().map(|a| describe_adapter(&a.get_info())).collect();
+            adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&wanted)).ok_or_else(|| {
+                Error::NoAdapter(format!("no adapter name contains WGPU_ADAPTER_NAME={name:?}; adapters seen: {seen:?}"))
             })?
         } else {
             instance

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::geometry::{FusePass, Geometry};
 use crate::gpu::context::Gpu;
 use crate::gpu::kernels::{
-    u32_of, DownscaleParams, FoldParams, FuseParams, GemmParams, Kernel, Kernels, PatchParams, Recorder, SoftmaxParams,
+    u32_of, DownscaleParams, FoldParams, FuseParams, GemmParams, Kernel, Kernels, PatchParams, Recorder, RowsParams, SoftmaxParams,
 };
 use crate::layer::Output;
 use crate::params::{FuseMode, Masking, Overlap, Params, DEFAULT_MEMORY_BUDGET};
@@ -35,6 +35,9 @@ struct TileIndex {
     pass1_rows: u32,
     pass1_slots: u32,
     rows: u32,
+    /// (row in the tile's attention, row in the output) of each inspected query in the tile.
+    pairs: u32,
+    pairs_len: usize,
 }
 
 /// The u32 tables the shaders read: NN index maps, then per tile its row lists and slot maps.
@@ -48,7 +51,7 @@ struct IndexTable {
 }
 
 impl IndexTable {
-    fn new(g: &Geometry, plan: &Plan) -> IndexTable {
+    fn new(g: &Geometry, plan: &Plan, queries: &[(usize, usize)]) -> IndexTable {
         let mut data = Vec::new();
         let push = |data: &mut Vec<u32>, v: &[u32]| -> u32 {
             let at = data.len() as u32;
@@ -63,12 +66,22 @@ impl IndexTable {
         let tiles = plan
             .tiles
             .iter()
-            .map(|t| TileIndex {
-                raw_rows: push(&mut data, &as_u32(&t.raw_rows)),
-                raw_slots: push(&mut data, &Tile::slot_map(&t.raw_rows, g.hf)),
-                pass1_rows: push(&mut data, &as_u32(&t.pass1_rows)),
-                pass1_slots: push(&mut data, &Tile::slot_map(&t.pass1_rows, g.hf)),
-                rows: push(&mut data, &as_u32(&t.rows.clone().collect::<Vec<_>>())),
+            .map(|t| {
+                let pairs: Vec<u32> = queries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (i, _))| t.rows.contains(i))
+                    .flat_map(|(q, &(i, j))| [((i - t.rows.start) * g.wf + j) as u32, q as u32])
+                    .collect();
+                TileIndex {
+                    raw_rows: push(&mut data, &as_u32(&t.raw_rows)),
+                    raw_slots: push(&mut data, &Tile::slot_map(&t.raw_rows, g.hf)),
+                    pass1_rows: push(&mut data, &as_u32(&t.pass1_rows)),
+                    pass1_slots: push(&mut data, &Tile::slot_map(&t.pass1_rows, g.hf)),
+                    rows: push(&mut data, &as_u32(&t.rows.clone().collect::<Vec<_>>())),
+                    pairs: push(&mut data, &pairs),
+                    pairs_len: pairs.len() / 2,
+                }
             })
             .collect();
         IndexTable { data, f_rows, f_cols, b_rows, b_cols, tiles }
@@ -148,6 +161,7 @@ impl Buffers {
 /// A submitted call whose results are not read back yet.
 pub(crate) struct Pending {
     geometry: Geometry,
+    queries: Vec<(usize, usize)>,
     staging: wgpu::Buffer,
     submission: wgpu::SubmissionIndex,
     receiver: futures_intrusive::channel::shared::OneshotReceiver<std::result::Result<(), wgpu::BufferAsyncError>>,
@@ -174,10 +188,11 @@ pub(crate) fn submit(
     f: &Tensor,
     b: &Tensor,
     mask: Option<&Tensor>,
+    queries: &[(usize, usize)],
 ) -> Result<Pending> {
     let g = Geometry::new(params, f.shape(), b.shape(), mask.map(|m| m.shape()))?;
     let plan = Plan::new(&g, budget(gpu, params), gpu.max_binding())?;
-    submit_planned(gpu, kernels, workspace, params, g, plan, f, b, mask)
+    submit_planned(gpu, kernels, workspace, params, g, plan, f, b, mask, queries)
 }
 
 /// [`submit`] with a given plan.
@@ -192,8 +207,10 @@ pub(crate) fn submit_planned(
     f: &Tensor,
     b: &Tensor,
     mask: Option<&Tensor>,
+    queries: &[(usize, usize)],
 ) -> Result<Pending> {
-    let index = IndexTable::new(&g, &plan);
+    g.check_queries(queries)?;
+    let index = IndexTable::new(&g, &plan, queries);
     let key = WorkspaceKey { geometry: g.clone(), plan: plan.clone() };
     if workspace.as_ref().map(|w| &w.key) != Some(&key) {
         *workspace = None; // free the old buffers before allocating new ones
@@ -211,9 +228,12 @@ pub(crate) fn submit_planned(
         None => queue.write_buffer(&bufs.mm, 0, bytemuck::cast_slice(&vec![1.0f32; g.patches()])),
     }
 
+    // The attention rows of inspected queries belong to the call, like the readback.
+    let rows_len = g.batch * queries.len() * g.patches();
+    let rows = storage(gpu, "attention rows", rows_len)?;
     let mut rec = Recorder::new(&gpu.device);
     for n in 0..g.batch {
-        record_item(&mut rec, bufs, &index, params, &g, &plan, n, mask.is_some())?;
+        record_item(&mut rec, bufs, &index, params, &g, &plan, n, mask.is_some(), (&rows, queries.len()))?;
     }
 
     let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("contextual attention") });
@@ -223,7 +243,8 @@ pub(crate) fn submit_planned(
     // overwritten by the next one.
     let nq_bytes = (g.batch * g.queries() * 4) as u64;
     let y_len = (g.batch * g.f_size.0 * g.f_size.1 * g.channels * 4) as u64;
-    let out_bytes = y_len + 2 * nq_bytes;
+    let rows_bytes = (rows_len * 4) as u64;
+    let out_bytes = y_len + 2 * nq_bytes + rows_bytes;
     let limit = gpu.device.limits().max_buffer_size;
     if out_bytes > limit {
         return Err(Error::BufferTooLarge { name: "readback", size: out_bytes, limit, what: "buffer" });
@@ -237,12 +258,15 @@ pub(crate) fn submit_planned(
     encoder.copy_buffer_to_buffer(&bufs.y, 0, &staging, 0, Some(y_len));
     encoder.copy_buffer_to_buffer(&bufs.argmax, 0, &staging, y_len, Some(nq_bytes));
     encoder.copy_buffer_to_buffer(&bufs.mass, 0, &staging, y_len + nq_bytes, Some(nq_bytes));
+    if rows_bytes > 0 {
+        encoder.copy_buffer_to_buffer(&rows, 0, &staging, y_len + 2 * nq_bytes, Some(rows_bytes));
+    }
     let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
     encoder.map_buffer_on_submit(&staging, wgpu::MapMode::Read, .., move |r| {
         sender.send(r).ok();
     });
     let submission = queue.submit([encoder.finish()]);
-    Ok(Pending { geometry: g, staging, submission, receiver })
+    Ok(Pending { geometry: g, queries: queries.to_vec(), staging, submission, receiver })
 }
 
 // Parameter blocks of each stage, shared by the forward pass and the single-stage runners.
@@ -380,6 +404,10 @@ pub(crate) fn fold_params(g: &Geometry, rows: Range<usize>, item: usize, overlap
     })
 }
 
+pub(crate) fn rows_params(pairs: usize, l: usize, pairs_off: u32, first_row: usize) -> Result<RowsParams> {
+    Ok(RowsParams { count: u32_of("attention rows", pairs * l)?, l: l as u32, pairs_off, first_row: u32_of("attention rows", first_row)? })
+}
+
 /// Records the stages of batch item `n`.
 #[allow(clippy::too_many_arguments)]
 fn record_item(
@@ -391,6 +419,7 @@ fn record_item(
     plan: &Plan,
     n: usize,
     has_mask: bool,
+    inspect: (&wgpu::Buffer, usize),
 ) -> Result<()> {
     let c = g.channels;
     let (hf_full, wf_full) = g.f_size;
@@ -413,7 +442,7 @@ fn record_item(
     rec.linear(Kernel::RawPatches, &p, &[(1, &bufs.b), (2, &bufs.raw)], p.count as u64)?;
 
     for (tile, ti) in plan.tiles.iter().zip(&index.tiles) {
-        record_tile(rec, bufs, params, g, tile, ti, n)?;
+        record_tile(rec, bufs, params, g, tile, ti, n, inspect)?;
     }
 
     let p = fold_params(g, 0..0, n, params.overlap)?;
@@ -421,7 +450,17 @@ fn record_item(
 }
 
 /// Records one query tile: query patches, scores, fuse, softmax, paste GEMM, fold.
-fn record_tile(rec: &mut Recorder, bufs: &Buffers, params: &Params, g: &Geometry, tile: &Tile, ti: &TileIndex, n: usize) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn record_tile(
+    rec: &mut Recorder,
+    bufs: &Buffers,
+    params: &Params,
+    g: &Geometry,
+    tile: &Tile,
+    ti: &TileIndex,
+    n: usize,
+    inspect: (&wgpu::Buffer, usize),
+) -> Result<()> {
     let (l, wf) = (g.patches(), g.wf);
     let p = query_params(g, tile.raw_rows.len(), ti.raw_rows)?;
     rec.linear(Kernel::QueryPatches, &p, &[(1, &bufs.fp), (2, &bufs.pf), (4, &bufs.index)], p.count as u64)?;
@@ -442,6 +481,12 @@ fn record_tile(rec: &mut Recorder, bufs: &Buffers, params: &Params, g: &Geometry
     let p = softmax_params(rows_m, l, params.softmax_scale, params.masking, n * g.queries() + tile.rows.start * wf)?;
     let groups = rec.fold_groups(Kernel::Softmax, rows_m as u64)?;
     rec.dispatch(Kernel::Softmax, &p, &[(1, attention), (2, &bufs.mm), (3, &bufs.argmax), (4, &bufs.mass)], groups);
+
+    if ti.pairs_len > 0 {
+        // Destination rows are numbered per call; item n's start at n·Q.
+        let p = rows_params(ti.pairs_len, l, ti.pairs, n * inspect.1)?;
+        rec.linear(Kernel::CopyRows, &p, &[(1, attention), (2, &bufs.index), (3, inspect.0)], p.count as u64)?;
+    }
 
     let p = gemm_params(rows_m, g.raw_len(), l, false)?;
     rec.gemm(Kernel::PasteGemm, &p, &[(1, attention), (2, &bufs.raw), (3, &bufs.cols)])?;
@@ -479,16 +524,21 @@ impl Pending {
         let g = &self.geometry;
         let y_len = g.batch * g.f_size.0 * g.f_size.1 * g.channels;
         let nq = g.batch * g.queries();
-        let (y, argmax, mass) = {
+        let rows_len = g.batch * self.queries.len() * g.patches();
+        let (y, argmax, mass, rows) = {
             let view = self.staging.get_mapped_range(..).map_err(|e| Error::Gpu(format!("mapping the readback failed: {e}")))?;
-            let words: &[u32] = bytemuck::cast_slice(&view[..(y_len + 2 * nq) * 4]);
+            let words: &[u32] = bytemuck::cast_slice(&view[..(y_len + 2 * nq + rows_len) * 4]);
             let y: Vec<f32> = bytemuck::cast_slice(&words[..y_len]).to_vec();
             let argmax = words[y_len..y_len + nq].to_vec();
-            let mass: Vec<f32> = bytemuck::cast_slice(&words[y_len + nq..]).to_vec();
-            (y, argmax, mass)
+            let mass: Vec<f32> = bytemuck::cast_slice(&words[y_len + nq..y_len + 2 * nq]).to_vec();
+            let rows: Vec<f32> = bytemuck::cast_slice(&words[y_len + 2 * nq..]).to_vec();
+            (y, argmax, mass, rows)
         };
         self.staging.unmap();
         let y = Tensor::new([g.batch, g.f_size.0, g.f_size.1, g.channels], y)?;
-        Ok(Output::new(g, y, argmax, mass))
+        let mut out = Output::new(g, y, argmax, mass);
+        out.queries = self.queries;
+        out.attention_rows = rows;
+        Ok(out)
     }
 }

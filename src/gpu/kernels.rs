@@ -6,13 +6,14 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Error, Result};
 
 /// WGSL sources, one file per stage.
-pub const SHADERS: [(&str, &str); 6] = [
+pub const SHADERS: [(&str, &str); 7] = [
     ("downscale.wgsl", include_str!("../../shaders/downscale.wgsl")),
     ("patches.wgsl", include_str!("../../shaders/patches.wgsl")),
     ("gemm.wgsl", include_str!("../../shaders/gemm.wgsl")),
     ("fuse.wgsl", include_str!("../../shaders/fuse.wgsl")),
     ("softmax.wgsl", include_str!("../../shaders/softmax.wgsl")),
     ("fold.wgsl", include_str!("../../shaders/fold.wgsl")),
+    ("rows.wgsl", include_str!("../../shaders/rows.wgsl")),
 ];
 
 /// The kernels, in the order of [`Kernels::pipelines`].
@@ -29,6 +30,7 @@ pub(crate) enum Kernel {
     Softmax,
     Fold,
     Normalize,
+    CopyRows,
 }
 
 impl Kernel {
@@ -46,10 +48,11 @@ impl Kernel {
             Kernel::Softmax => (4, "main", None),
             Kernel::Fold => (5, "fold", None),
             Kernel::Normalize => (5, "normalize", None),
+            Kernel::CopyRows => (6, "main", None),
         }
     }
 
-    const ALL: [Kernel; 11] = [
+    const ALL: [Kernel; 12] = [
         Kernel::Downscale,
         Kernel::MatchingPatches,
         Kernel::MaskValidity,
@@ -61,6 +64,7 @@ impl Kernel {
         Kernel::Softmax,
         Kernel::Fold,
         Kernel::Normalize,
+        Kernel::CopyRows,
     ];
 
     /// Invocations per workgroup of the 1-D kernels.
@@ -207,6 +211,15 @@ pub(crate) struct FoldParams {
     pub _pad: u32,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+pub(crate) struct RowsParams {
+    pub count: u32,
+    pub l: u32,
+    pub pairs_off: u32,
+    pub first_row: u32,
+}
+
 /// Offset alignment of the parameter blocks in the shared uniform buffer.
 const UNIFORM_ALIGN: usize = 256;
 
@@ -344,5 +357,6 @@ fn kernel_name(k: Kernel) -> &'static str {
         Kernel::Softmax => "softmax",
         Kernel::Fold => "fold",
         Kernel::Normalize => "normalize",
+        Kernel::CopyRows => "copy_rows",
     }
 }
