@@ -44,6 +44,7 @@ impl Output {
 
 /// Where the layer runs.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // built once per layer; boxing would buy nothing
 pub enum Backend {
     /// WGSL compute shaders on a wgpu device.
     Gpu(Gpu),

@@ -31,7 +31,7 @@ fn run(cmd: &mut Command) -> Output {
 fn assert_fails(out: &Output, needles: &[&str]) {
     assert!(!out.status.success(), "expected a failure");
     let err = String::from_utf8_lossy(&out.stderr);
-    let line = err.lines().filter(|l| l.starts_with("error:") && !l.contains("XDG_RUNTIME_DIR")).last().unwrap_or_default();
+    let line = err.lines().filter(|l| l.starts_with("error:") && !l.contains("XDG_RUNTIME_DIR")).next_back().unwrap_or_default();
     for n in needles {
         assert!(line.contains(n), "error line {line:?} does not mention {n:?}");
     }

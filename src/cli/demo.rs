@@ -3,10 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use contextual_attention::{io, Backend, ContextualAttention, Gpu, Output, Params, Tensor};
+use contextual_attention::{io, Backend, ContextualAttention, Gpu, Output, Overlap, Params, Tensor};
 
 use super::images::{composite, crop_to_multiple, diffuse_fill, resize, with_hole, write_flow};
 use super::{ms, progress, timed, BackendArg, CliResult};
+
+/// Passes of the hole filling (each on the previous one's composite).
+const FILL_PASSES: usize = 3;
 
 const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets");
 
@@ -85,7 +88,7 @@ pub fn run(a: DemoArgs) -> CliResult {
         }
     };
     let runner = Runner { layer_backend, compare: !a.no_compare };
-    let bar = progress(2, "demo");
+    let bar = progress(3, "demo");
     let out = |name: &str| a.out.join(name);
 
     // 1. Reconstruction (SPEC §3): rebuild the cat from the astronaut's patches; rate 2, fuse
@@ -105,22 +108,53 @@ pub fn run(a: DemoArgs) -> CliResult {
     bar.inc(1);
 
     // 2. Hole filling on a texture: coarse diffusion fill, then the layer with f = b = the
-    //    coarse image and the hole as mask, as the models call it (rate 2, fuse on).
+    //    coarse image and the hole as mask, as the models call it (rate 2, fuse on). The pass is
+    //    repeated on its own composite, so later passes match the structure the first one
+    //    pasted, as a refinement network's second stage would.
     let brick = io::read_image_gray(&asset("brick.png"))?;
-    let brick = crop_to_multiple(&resize(&brick, a.size, a.size), 2)?;
+    let side = (a.size * 4 / 5).max(16);
+    let brick = crop_to_multiple(&resize(&brick, side, side), 2)?;
     let [_, h, w, _] = brick.shape();
     let (hh, hw) = (h / 4, w / 3);
     let (y0, x0) = ((h - hh) / 2, (w - hw) / 2);
     let mask = Tensor::from_fn([1, h, w, 1], |_, y, x, _| ((y0..y0 + hh).contains(&y) && (x0..x0 + hw).contains(&x)) as u8 as f32);
     let coarse = diffuse_fill(&brick, &mask);
     let params = Params { rate: 2, ..Default::default() };
-    let filled = bar.suspend(|| runner.run("hole filling", params, &coarse, &coarse, Some(&mask)))?;
+    let mut current = coarse.clone();
+    let mut filled = None;
+    for pass in 1..=FILL_PASSES {
+        let out = bar.suspend(|| runner.run(&format!("hole filling, pass {pass}/{FILL_PASSES}"), params.clone(), &current, &current, Some(&mask)))?;
+        current = composite(&brick, &out.y, &mask);
+        filled = Some(out);
+    }
+    let filled = filled.expect("at least one pass");
     io::write_image(&out("fill_input.png"), &with_hole(&brick, &mask))?;
     io::write_image(&out("fill_coarse.png"), &coarse)?;
-    io::write_image(&out("fill_result.png"), &composite(&brick, &filled.y, &mask))?;
+    io::write_image(&out("fill_result.png"), &current)?;
     write_flow(&out("fill_flow.png"), &filled, 1, 2)?;
     bar.inc(1);
+    // 3. The seed's identity experiment: f = b, no mask, fuse off, softmax scale 1000, so the
+    //    attention is one-hot on each query's own patch and y should reproduce b. |y − b| maps
+    //    show where the original's constant divisor is wrong, and that exact overlap is not.
+    let side = (a.size / 2).max(12) / 6 * 6; // divisible by rates 2 and 3
+    let cat = crop_to_multiple(&io::read_image_gray(&asset("chelsea.png")).map(|t| resize(&t, side, side))?, 6)?;
+    for (name, rate, kernel, overlap) in [
+        ("identity_quarter_r2k4", 2, 4, Overlap::Quarter),
+        ("identity_quarter_r3k4", 3, 4, Overlap::Quarter),
+        ("identity_exact_r3k4", 3, 4, Overlap::Exact),
+    ] {
+        let params = Params { rate, paste_kernel: Some(kernel), overlap, fuse: false, softmax_scale: 1000.0, ..Default::default() };
+        let res = bar.suspend(|| runner.run(name, params, &cat, &cat, None))?;
+        let diff = Tensor::from_fn(cat.shape(), |_, y, x, c| (res.y.at(0, y, x, c) - cat.at(0, y, x, c)).abs());
+        let max = diff.data().iter().copied().fold(0.0f32, f32::max);
+        println!("  {name}: max |y − b| = {max:.3e} (values 0–255)");
+        io::write_image(&out(&format!("{name}.png")), &diff)?;
+    }
+    bar.inc(1);
     bar.finish_and_clear();
-    println!("wrote {}/{{reconstruction,reconstruction_target,reconstruction_source,reconstruction_flow,fill_input,fill_coarse,fill_result,fill_flow}}.png", a.out.display());
+    println!(
+        "wrote {}/{{reconstruction,reconstruction_target,reconstruction_source,reconstruction_flow,fill_input,fill_coarse,fill_result,fill_flow,identity_*}}.png",
+        a.out.display()
+    );
     Ok(())
 }

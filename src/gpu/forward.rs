@@ -180,6 +180,7 @@ fn touched_rows(g: &Geometry, rows: &Range<usize>) -> Range<usize> {
 }
 
 /// Validates, uploads, records and submits one call (see [`crate::ContextualAttention::forward`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn submit(
     gpu: &Gpu,
     kernels: &Kernels,
