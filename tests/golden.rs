@@ -17,7 +17,9 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/contextual_attention_g1_g8.json")).unwrap();
+    // The crate root at run time (cargo sets it; scripts/gpu-check.sh too), else where it was built.
+    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let text = std::fs::read_to_string(format!("{root}/tests/fixtures/contextual_attention_g1_g8.json")).unwrap();
     let json: Value = serde_json::from_str(&text).unwrap();
     let nums = |v: &Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
     json["cases"]

@@ -2,7 +2,7 @@
 
 use clap::Args;
 use contextual_attention::bench::{standard_cases, BenchCase};
-use contextual_attention::{ContextualAttention, Geometry, Gpu};
+use contextual_attention::{ContextualAttention, Geometry, Gpu, Tensor};
 
 use super::{ms, progress, timed, CliResult};
 
@@ -30,6 +30,8 @@ struct Row {
     median_ms: f64,
     gflops: f64,
     speedup: Option<f64>,
+    /// max |y_GPU − y_CPU twin| (GPU rows, when the twin ran)
+    max_abs_err: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -42,18 +44,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn measure(layer: &ContextualAttention, case: &BenchCase, warmup: usize, repeats: usize) -> CliResult<f64> {
+/// Median wall time in ms over `repeats` runs after `warmup` runs, and the last run's output.
+fn measure(layer: &ContextualAttention, case: &BenchCase, warmup: usize, repeats: usize) -> CliResult<(f64, Tensor)> {
     let (x, mask) = case.inputs();
     for _ in 0..warmup {
         layer.forward(&x, &x, mask.as_ref())?;
     }
     let mut times = Vec::with_capacity(repeats);
+    let mut last = None;
     for _ in 0..repeats {
         let (r, t) = timed(|| layer.forward(&x, &x, mask.as_ref()));
-        r?;
+        last = Some(r?.y);
         times.push(ms(t));
     }
-    Ok(median(times))
+    Ok((median(times), last.expect("at least one run")))
 }
 
 fn json_str(s: &str) -> String {
@@ -86,16 +90,17 @@ pub fn run(a: BenchArgs) -> CliResult {
         let gflop = g.flops() / 1e9;
         bar.set_message(format!("{} on GPU", case.name));
         let layer = ContextualAttention::new(&gpu, case.params.clone())?;
-        let gpu_ms = measure(&layer, case, warmup, repeats)?;
+        let (gpu_ms, gpu_y) = measure(&layer, case, warmup, repeats)?;
         bar.inc(1);
-        let cpu_ms = if cpu_cases(case) {
+        let cpu = if cpu_cases(case) {
             bar.set_message(format!("{} on CPU twin", case.name));
-            let t = measure(&ContextualAttention::cpu(case.params.clone())?, case, warmup.min(1), repeats)?;
+            let (t, y) = measure(&ContextualAttention::cpu(case.params.clone())?, case, 0, repeats)?;
             bar.inc(1);
-            Some(t)
+            Some((t, gpu_y.max_abs_diff(&y) as f64))
         } else {
             None
         };
+        let cpu_ms = cpu.map(|c| c.0);
         rows.push(Row {
             case: case.name,
             size: case.size_label(),
@@ -104,6 +109,7 @@ pub fn run(a: BenchArgs) -> CliResult {
             median_ms: gpu_ms,
             gflops: gflop / (gpu_ms / 1e3),
             speedup: cpu_ms.map(|c| c / gpu_ms),
+            max_abs_err: cpu.map(|c| c.1),
         });
         if let Some(c) = cpu_ms {
             rows.push(Row {
@@ -114,6 +120,7 @@ pub fn run(a: BenchArgs) -> CliResult {
                 median_ms: c,
                 gflops: gflop / (c / 1e3),
                 speedup: None,
+                max_abs_err: None,
             });
         }
     }
@@ -123,31 +130,33 @@ pub fn run(a: BenchArgs) -> CliResult {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"case\":{},\"size\":{},\"backend\":{},\"adapter\":{},\"median_ms\":{:.3},\"gflops\":{:.3},\"speedup\":{}}}",
+                    "{{\"case\":{},\"size\":{},\"backend\":{},\"adapter\":{},\"median_ms\":{:.3},\"gflops\":{:.3},\"speedup\":{},\"max_abs_err\":{}}}",
                     json_str(r.case),
                     json_str(&r.size),
                     json_str(r.backend),
                     json_str(&r.adapter),
                     r.median_ms,
                     r.gflops,
-                    r.speedup.map_or("null".to_string(), |s| format!("{s:.3}"))
+                    r.speedup.map_or("null".to_string(), |s| format!("{s:.3}")),
+                    r.max_abs_err.map_or("null".to_string(), |e| format!("{e:e}"))
                 )
             })
             .collect();
         println!("[{}]", items.join(","));
     } else {
         println!("adapter: {adapter}; {} timed run(s) per row, {} warm-up", repeats, warmup);
-        println!("| case | size | backend | median ms | GFLOP/s | GPU speed-up |");
-        println!("|---|---|---|---:|---:|---:|");
+        println!("| case | size | backend | median ms | GFLOP/s | GPU speed-up | max abs err vs twin |");
+        println!("|---|---|---|---:|---:|---:|---:|");
         for r in &rows {
             println!(
-                "| {} | {} | {} | {:.1} | {:.2} | {} |",
+                "| {} | {} | {} | {:.1} | {:.2} | {} | {} |",
                 r.case,
                 r.size,
                 r.backend,
                 r.median_ms,
                 r.gflops,
-                r.speedup.map_or(String::new(), |s| format!("{s:.2}×"))
+                r.speedup.map_or(String::new(), |s| format!("{s:.2}×")),
+                r.max_abs_err.map_or(String::new(), |e| format!("{e:.1e}"))
             );
         }
     }

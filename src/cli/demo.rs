@@ -66,8 +66,15 @@ impl Runner {
     }
 }
 
+/// A bundled image: from `./assets` when run from the crate root (or a copy of it), else from
+/// the folder the program was built in.
 fn asset(name: &str) -> PathBuf {
-    Path::new(ASSETS).join(name)
+    let local = Path::new("assets").join(name);
+    if local.is_file() {
+        local
+    } else {
+        Path::new(ASSETS).join(name)
+    }
 }
 
 /// `contextual-attention demo`.

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The GPU check for a session that is lent a real GPU (the `device` tool): one call that names the
+# card and driver, checks the layer against the CPU twin and the goldens there, and benchmarks.
+#
+# Prepare here (once per session):
+#   cargo build --release --bin contextual-attention --tests
+#   scripts/gpu-check.sh --stage      # copies the release binary and test binaries into .gpu/
+#   (and the Vulkan loader .debs into .gl/, see the device tool's README)
+# Then run there with carry [".gl", ".gpu"] and the command `bash scripts/gpu-check.sh`.
+# Results land in $OUT: adapters.txt, tests.log, bench.md, bench.json, demo.txt.
+set -uo pipefail
+if [ "${1:-}" = "--stage" ]; then
+    rm -rf .gpu && mkdir -p .gpu
+    cp target/release/contextual-attention .gpu/
+    for t in golden layer stages extended; do
+        f=$(ls -t target/release/deps/$t-* 2>/dev/null | grep -v '\.d$' | head -1)
+        [ -n "$f" ] && cp "$f" ".gpu/test-$t"
+    done
+    grep -qx '/.gpu/' .git/info/exclude || echo /.gpu/ >> .git/info/exclude
+    ls -la .gpu
+    exit 0
+fi
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+B=.gpu/contextual-attention
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUT/adapters.txt"
+$B adapters 2>&1 | tee -a "$OUT/adapters.txt"
+# The test binaries read fixtures relative to the crate root they were built in; run from here.
+for t in .gpu/test-*; do
+    echo "== $t" >> "$OUT/tests.log"
+    CARGO_MANIFEST_DIR=$PWD timeout 240 "$t" --test-threads 4 >> "$OUT/tests.log" 2>&1 || echo "FAILED: $t" | tee -a "$OUT/tests.log"
+done
+grep -E "test result|FAILED" "$OUT/tests.log"
+$B demo --out "$OUT/demo" > "$OUT/demo.txt" 2>&1; cat "$OUT/demo.txt"
+$B bench --repeats 7 2>&1 | tee "$OUT/bench.md"
+$B bench --repeats 7 --no-cpu --json > "$OUT/bench.json" 2>/dev/null
