@@ -68,13 +68,24 @@ fn attention_rows_match_the_twin_and_the_other_outputs() {
     let mask = rng.hole(1, 12, 12);
     let params = Params { rate: 2, ..Default::default() };
     let queries = [(0, 0), (3, 9), (7, 4), (5, 0)];
-    let layer = ContextualAttention::new(gpu, params.clone()).unwrap();
-    let twin = ContextualAttention::cpu(params).unwrap().forward_inspect(&f, &b, Some(&mask), &queries).unwrap();
+    let twin = ContextualAttention::cpu(params.clone()).unwrap().forward_inspect(&f, &b, Some(&mask), &queries).unwrap();
     let l = 36;
-    for rows_per_tile in [8, 3, 1] {
-        // tiles of 3 and 1 rows put the queries in different tiles
-        let g = contextual_attention::Geometry::new(layer.params(), f.shape(), b.shape(), Some(mask.shape())).unwrap();
-        let _ = contextual_attention::Plan::with_rows(&g, rows_per_tile);
+    let one_tile = ContextualAttention::new(gpu, params.clone()).unwrap();
+    let whole = one_tile.plan(f.shape(), b.shape(), Some(mask.shape())).unwrap().tile_bytes;
+    // Budgets that give one tile, tiles of a few rows, and tiles of one row, so the queries
+    // land in different tiles.
+    let mut most_tiles = 0;
+    for budget in [whole, whole * 3 / 4, whole / 2, whole * 2 / 5, whole / 3] {
+        let layer = ContextualAttention::new(gpu, Params { memory_budget: Some(budget.max(1)), ..params.clone() }).unwrap();
+        let plan = match layer.plan(f.shape(), b.shape(), Some(mask.shape())) {
+            Ok(p) => p,
+            Err(_) => continue, // the 1-byte budget is refused; the smallest tiles come next
+        };
+        eprintln!("budget {budget}: {} tiles", plan.tiles.len());
+        most_tiles = most_tiles.max(plan.tiles.len());
+        // A call with fewer queries first: the next call's larger index tables must still fit.
+        let first = layer.forward_inspect(&f, &b, Some(&mask), &queries[..1]).unwrap();
+        assert_eq!(first.attention_rows.len(), 2 * l);
         let out = layer.forward_inspect(&f, &b, Some(&mask), &queries).unwrap();
         assert_eq!(out.attention_rows.len(), 2 * queries.len() * l);
         common::assert_close("attention rows, GPU vs twin", &out.attention_rows, &common::to_f64(&twin.attention_rows), 1e-6, 1e-4);
@@ -89,6 +100,8 @@ fn attention_rows_match_the_twin_and_the_other_outputs() {
             }
         }
     }
+    assert!(most_tiles >= 4, "the budgets gave at most {most_tiles} tiles; the test needs queries spread over tiles");
+    let layer = one_tile;
     let bad = layer.forward_inspect(&f, &b, Some(&mask), &[(8, 0)]);
     assert!(matches!(bad, Err(contextual_attention::Error::InvalidParam { name: "queries", .. })), "{bad:?}");
 }

@@ -477,8 +477,10 @@ fn grid_cases() -> Vec<Case> {
     use MaskKind::*;
     use Masking::{Exclude as X, ZeroLogit as Z};
     use Overlap::{Exact as E, Quarter as Q};
+    // (rate, ksize, fuse, mask, stride, overlap, paste kernel, masking, channels, f = b)
+    type Row = (usize, usize, Option<(usize, FuseMode)>, MaskKind, usize, Overlap, Option<usize>, Masking, usize, bool);
     #[rustfmt::skip]
-    let t: &[(usize, usize, Option<(usize, FuseMode)>, MaskKind, usize, Overlap, Option<usize>, Masking, usize, bool)] = &[
+    let t: &[Row] = &[
         // rate 1
         (1, 3, Some((3, W)), None,      1, Q, Option::None, Z, 3, false),
         (1, 4, Option::None, Shared,    1, Q, Option::None, Z, 4, false),
@@ -750,9 +752,9 @@ fn identity_experiment() {
     };
     // The literal darkening agrees with the coverage formula (cov_r·cov_c/4).
     let (cr, cc) = (coverage(h, 2, 4), coverage(w, 2, 4));
-    for py in 0..h {
-        for px in 0..w {
-            assert_eq!(ratio(py, px), (cr[py] * cc[px]) as f64 / 4.0);
+    for (py, &cy) in cr.iter().enumerate() {
+        for (px, &cx) in cc.iter().enumerate() {
+            assert_eq!(ratio(py, px), (cy * cx) as f64 / 4.0);
         }
     }
     for (name, layer) in [("twin", ContextualAttention::cpu(p.clone()).unwrap()), ("GPU", ContextualAttention::new(gpu, p.clone()).unwrap())] {
@@ -1103,9 +1105,9 @@ fn demo_semantics() {
     assert_eq!(exact.argmax, cpu.argmax);
     let (cr, cc) = (coverage(hfull, r, kk), coverage(wfull, r, kk));
     let mut worst_ratio = 0.0f64;
-    for py in 0..hfull {
-        for px in 0..wfull {
-            let ratio = (cr[py] * cc[px]) as f64 / 4.0;
+    for (py, &cy) in cr.iter().enumerate() {
+        for (px, &cx) in cc.iter().enumerate() {
+            let ratio = (cy * cx) as f64 / 4.0;
             let edge = (py == 0 || py == hfull - 1) as u8 + (px == 0 || px == wfull - 1) as u8;
             assert_eq!(ratio, [1.0, 0.5, 0.25][edge as usize]);
             for ch in 0..3 {

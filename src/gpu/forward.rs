@@ -93,7 +93,6 @@ struct Buffers {
     f: wgpu::Buffer,
     b: wgpu::Buffer,
     mask: wgpu::Buffer,
-    index: wgpu::Buffer,
     fp: wgpu::Buffer,
     bp: wgpu::Buffer,
     mp: wgpu::Buffer,
@@ -125,7 +124,7 @@ pub(crate) struct Workspace {
 }
 
 impl Buffers {
-    fn new(gpu: &Gpu, g: &Geometry, plan: &Plan, index_len: usize) -> Result<Buffers> {
+    fn new(gpu: &Gpu, g: &Geometry, plan: &Plan) -> Result<Buffers> {
         let (c, l) = (g.channels, g.patches());
         let (hf_full, wf_full) = g.f_size;
         let (hb_full, wb_full) = g.b_size;
@@ -138,7 +137,6 @@ impl Buffers {
             f: storage(gpu, "f", y_len)?,
             b: storage(gpu, "b", g.batch * hb_full * wb_full * c)?,
             mask: storage(gpu, "mask", g.mask_batch.max(1) * hb_full * wb_full)?,
-            index: storage(gpu, "index tables", index_len)?,
             fp: storage(gpu, "downscaled f", g.queries() * c)?,
             bp: storage(gpu, "downscaled b", g.hb * g.wb * c)?,
             mp: storage(gpu, "downscaled mask", g.hb * g.wb)?,
@@ -156,6 +154,15 @@ impl Buffers {
             mass: storage(gpu, "attention mass", nq)?,
         })
     }
+}
+
+/// The buffers one call records into: the kept workspace, and the call's own index tables and
+/// attention rows (with the number of inspected queries).
+struct Call<'a> {
+    bufs: &'a Buffers,
+    index: &'a wgpu::Buffer,
+    rows: &'a wgpu::Buffer,
+    queries: usize,
 }
 
 /// A submitted call whose results are not read back yet.
@@ -215,7 +222,7 @@ pub(crate) fn submit_planned(
     let key = WorkspaceKey { geometry: g.clone(), plan: plan.clone() };
     if workspace.as_ref().map(|w| &w.key) != Some(&key) {
         *workspace = None; // free the old buffers before allocating new ones
-        let buffers = Buffers::new(gpu, &g, &plan, index.data.len())?;
+        let buffers = Buffers::new(gpu, &g, &plan)?;
         *workspace = Some(Workspace { key, buffers });
     }
     let bufs = &workspace.as_ref().expect("just set").buffers;
@@ -223,18 +230,21 @@ pub(crate) fn submit_planned(
     let queue = &gpu.queue;
     queue.write_buffer(&bufs.f, 0, bytemuck::cast_slice(f.data()));
     queue.write_buffer(&bufs.b, 0, bytemuck::cast_slice(b.data()));
-    queue.write_buffer(&bufs.index, 0, bytemuck::cast_slice(&index.data));
     match mask {
         Some(m) => queue.write_buffer(&bufs.mask, 0, bytemuck::cast_slice(m.data())),
         None => queue.write_buffer(&bufs.mm, 0, bytemuck::cast_slice(&vec![1.0f32; g.patches()])),
     }
 
-    // The attention rows of inspected queries belong to the call, like the readback.
+    // The index tables (their length depends on the inspected queries) and the attention rows
+    // belong to the call, like the readback.
+    let index_buf = storage(gpu, "index tables", index.data.len())?;
+    queue.write_buffer(&index_buf, 0, bytemuck::cast_slice(&index.data));
     let rows_len = g.batch * queries.len() * g.patches();
     let rows = storage(gpu, "attention rows", rows_len)?;
     let mut rec = Recorder::new(&gpu.device);
     for n in 0..g.batch {
-        record_item(&mut rec, bufs, &index, params, &g, &plan, n, mask.is_some(), (&rows, queries.len()))?;
+        let call = Call { bufs, index: &index_buf, rows: &rows, queries: queries.len() };
+        record_item(&mut rec, &call, &index, params, &g, &plan, n, mask.is_some())?;
     }
 
     let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("contextual attention") });
@@ -413,37 +423,37 @@ pub(crate) fn rows_params(pairs: usize, l: usize, pairs_off: u32, first_row: usi
 #[allow(clippy::too_many_arguments)]
 fn record_item(
     rec: &mut Recorder,
-    bufs: &Buffers,
+    call: &Call,
     index: &IndexTable,
     params: &Params,
     g: &Geometry,
     plan: &Plan,
     n: usize,
     has_mask: bool,
-    inspect: (&wgpu::Buffer, usize),
 ) -> Result<()> {
+    let bufs = call.bufs;
     let c = g.channels;
     let (hf_full, wf_full) = g.f_size;
     let (hb_full, wb_full) = g.b_size;
     let l = g.patches() as u64;
 
     let p = downscale_params(n * hf_full * wf_full * c, wf_full, c, index.f_rows, index.f_cols, g.hf, g.wf)?;
-    rec.linear(Kernel::Downscale, &p, &[(1, &bufs.f), (2, &bufs.index), (3, &bufs.fp)], p.count as u64)?;
+    rec.linear(Kernel::Downscale, &p, &[(1, &bufs.f), (2, call.index), (3, &bufs.fp)], p.count as u64)?;
     let p = downscale_params(n * hb_full * wb_full * c, wb_full, c, index.b_rows, index.b_cols, g.hb, g.wb)?;
-    rec.linear(Kernel::Downscale, &p, &[(1, &bufs.b), (2, &bufs.index), (3, &bufs.bp)], p.count as u64)?;
+    rec.linear(Kernel::Downscale, &p, &[(1, &bufs.b), (2, call.index), (3, &bufs.bp)], p.count as u64)?;
 
     rec.linear(Kernel::MatchingPatches, &matching_params(g, c), &[(1, &bufs.bp), (2, &bufs.pb), (3, &bufs.norms)], l)?;
     if has_mask && (g.mask_batch > 1 || n == 0) {
         let m = if g.mask_batch > 1 { n } else { 0 };
         let p = downscale_params(m * hb_full * wb_full, wb_full, 1, index.b_rows, index.b_cols, g.hb, g.wb)?;
-        rec.linear(Kernel::Downscale, &p, &[(1, &bufs.mask), (2, &bufs.index), (3, &bufs.mp)], p.count as u64)?;
+        rec.linear(Kernel::Downscale, &p, &[(1, &bufs.mask), (2, call.index), (3, &bufs.mp)], p.count as u64)?;
         rec.linear(Kernel::MaskValidity, &matching_params(g, 1), &[(1, &bufs.mp), (2, &bufs.mm)], l)?;
     }
     let p = raw_params(g, n * hb_full * wb_full * c)?;
     rec.linear(Kernel::RawPatches, &p, &[(1, &bufs.b), (2, &bufs.raw)], p.count as u64)?;
 
     for (tile, ti) in plan.tiles.iter().zip(&index.tiles) {
-        record_tile(rec, bufs, params, g, tile, ti, n, inspect)?;
+        record_tile(rec, call, params, g, tile, ti, n)?;
     }
 
     let p = fold_params(g, 0..0, n, params.overlap)?;
@@ -451,28 +461,19 @@ fn record_item(
 }
 
 /// Records one query tile: query patches, scores, fuse, softmax, paste GEMM, fold.
-#[allow(clippy::too_many_arguments)]
-fn record_tile(
-    rec: &mut Recorder,
-    bufs: &Buffers,
-    params: &Params,
-    g: &Geometry,
-    tile: &Tile,
-    ti: &TileIndex,
-    n: usize,
-    inspect: (&wgpu::Buffer, usize),
-) -> Result<()> {
+fn record_tile(rec: &mut Recorder, call: &Call, params: &Params, g: &Geometry, tile: &Tile, ti: &TileIndex, n: usize) -> Result<()> {
+    let bufs = call.bufs;
     let (l, wf) = (g.patches(), g.wf);
     let p = query_params(g, tile.raw_rows.len(), ti.raw_rows)?;
-    rec.linear(Kernel::QueryPatches, &p, &[(1, &bufs.fp), (2, &bufs.pf), (4, &bufs.index)], p.count as u64)?;
+    rec.linear(Kernel::QueryPatches, &p, &[(1, &bufs.fp), (2, &bufs.pf), (4, call.index)], p.count as u64)?;
     let p = gemm_params(tile.raw_rows.len() * wf, l, g.match_len(), true)?;
     rec.gemm(Kernel::ScoresGemm, &p, &[(1, &bufs.pf), (2, &bufs.pb), (3, &bufs.scores)])?;
 
     let attention = if g.fuse.is_some() {
         let p = fuse_params(g, FusePass::Rows, tile.pass1_rows.len(), ti.raw_slots, ti.pass1_rows)?;
-        rec.linear(Kernel::Fuse, &p, &[(1, &bufs.scores), (2, &bufs.index), (3, &bufs.pass1)], p.count as u64)?;
+        rec.linear(Kernel::Fuse, &p, &[(1, &bufs.scores), (2, call.index), (3, &bufs.pass1)], p.count as u64)?;
         let p = fuse_params(g, FusePass::Cols, tile.rows.len(), ti.pass1_slots, ti.rows)?;
-        rec.linear(Kernel::Fuse, &p, &[(1, &bufs.pass1), (2, &bufs.index), (3, &bufs.attention)], p.count as u64)?;
+        rec.linear(Kernel::Fuse, &p, &[(1, &bufs.pass1), (2, call.index), (3, &bufs.attention)], p.count as u64)?;
         &bufs.attention
     } else {
         &bufs.scores
@@ -485,8 +486,8 @@ fn record_tile(
 
     if ti.pairs_len > 0 {
         // Destination rows are numbered per call; item n's start at n·Q.
-        let p = rows_params(ti.pairs_len, l, ti.pairs, n * inspect.1)?;
-        rec.linear(Kernel::CopyRows, &p, &[(1, attention), (2, &bufs.index), (3, inspect.0)], p.count as u64)?;
+        let p = rows_params(ti.pairs_len, l, ti.pairs, n * call.queries)?;
+        rec.linear(Kernel::CopyRows, &p, &[(1, attention), (2, call.index), (3, call.rows)], p.count as u64)?;
     }
 
     let p = gemm_params(rows_m, g.raw_len(), l, false)?;
