@@ -7,7 +7,7 @@ use crate::geometry::Geometry;
 use crate::gpu::context::Gpu;
 use crate::gpu::forward::{self, Workspace};
 use crate::gpu::kernels::Kernels;
-use crate::params::Params;
+use crate::params::{Params, DEFAULT_MEMORY_BUDGET};
 use crate::plan::Plan;
 use crate::reference;
 use crate::tensor::Tensor;
@@ -119,20 +119,13 @@ impl ContextualAttention {
     /// (background); `mask` `[1 or B, Hb, Wb, 1]` marks with 1 the pixels of b that may not be
     /// used as a source.
     pub fn forward(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Output> {
-        self.forward_inspect(f, b, mask, &[])
+        self.run(f, b, mask, &[], None)
     }
 
     /// [`forward`](Self::forward), also returning the attention rows of the queries (i, j) of
     /// the hf×wf query grid in [`Output::attention_rows`] (for every batch item).
     pub fn forward_inspect(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>, queries: &[(usize, usize)]) -> Result<Output> {
-        match &self.backend {
-            Backend::Cpu => reference::forward(&self.params, f, b, mask, queries),
-            Backend::Gpu(gpu) => {
-                let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
-                let pending = forward::submit(gpu, self.kernels(), &mut ws, &self.params, f, b, mask, queries)?;
-                pending.wait(gpu)
-            }
-        }
+        self.run(f, b, mask, queries, None)
     }
 
     /// [`forward`](Self::forward) as a future that resolves when the readback is mapped. A helper
@@ -140,37 +133,54 @@ impl ContextualAttention {
     /// the work runs before the future is returned.
     pub async fn forward_async(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Output> {
         match &self.backend {
-            Backend::Cpu => reference::forward(&self.params, f, b, mask, &[]),
-            Backend::Gpu(gpu) => {
-                let pending = {
-                    let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
-                    forward::submit(gpu, self.kernels(), &mut ws, &self.params, f, b, mask, &[])?
-                };
-                pending.wait_async(gpu).await
-            }
+            Backend::Cpu => self.run(f, b, mask, &[], None),
+            Backend::Gpu(gpu) => self.submit(gpu, f, b, mask, &[], None)?.wait_async(gpu).await,
         }
     }
 
     /// Runs the layer in tiles of `rows_per_tile` query rows, whatever the memory budget says
     /// (for tests and experiments with tilings; the result does not depend on the tiling).
     pub fn forward_with_tile_rows(&self, rows_per_tile: usize, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Output> {
-        let g = Geometry::new(&self.params, f.shape(), b.shape(), mask.map(|m| m.shape()))?;
-        let plan = &Plan::with_rows(&g, rows_per_tile);
-        match &self.backend {
-            Backend::Cpu => reference::forward_planned(&self.params, &g, plan, f, b, mask, &[]),
-            Backend::Gpu(gpu) => {
-                let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
-                forward::submit_planned(gpu, self.kernels(), &mut ws, &self.params, g, plan.clone(), f, b, mask, &[])?.wait(gpu)
-            }
-        }
+        self.run(f, b, mask, &[], Some(rows_per_tile))
     }
 
     /// The tile plan a call with these shapes would use.
     pub fn plan(&self, f: [usize; 4], b: [usize; 4], mask: Option<[usize; 4]>) -> Result<Plan> {
+        Ok(self.prepare(f, b, mask, None)?.1)
+    }
+
+    /// Checks the shapes and plans the tiles: under the memory budget, or `rows_per_tile` rows.
+    fn prepare(&self, f: [usize; 4], b: [usize; 4], mask: Option<[usize; 4]>, rows_per_tile: Option<usize>) -> Result<(Geometry, Plan)> {
         let g = Geometry::new(&self.params, f, b, mask)?;
+        let plan = match (rows_per_tile, &self.backend) {
+            (Some(rows), _) => Plan::with_rows(&g, rows),
+            (None, Backend::Gpu(gpu)) => Plan::new(&g, forward::budget(gpu, &self.params), gpu.max_binding())?,
+            (None, Backend::Cpu) => Plan::new(&g, self.params.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET), u64::MAX)?,
+        };
+        Ok((g, plan))
+    }
+
+    fn submit(
+        &self,
+        gpu: &Gpu,
+        f: &Tensor,
+        b: &Tensor,
+        mask: Option<&Tensor>,
+        queries: &[(usize, usize)],
+        rows_per_tile: Option<usize>,
+    ) -> Result<forward::Pending> {
+        let (g, plan) = self.prepare(f.shape(), b.shape(), mask.map(|m| m.shape()), rows_per_tile)?;
+        let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
+        forward::submit(gpu, self.kernels(), &mut ws, &self.params, g, plan, f, b, mask, queries)
+    }
+
+    fn run(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>, queries: &[(usize, usize)], rows_per_tile: Option<usize>) -> Result<Output> {
         match &self.backend {
-            Backend::Gpu(gpu) => Plan::new(&g, forward::budget(gpu, &self.params), gpu.max_binding()),
-            Backend::Cpu => Plan::new(&g, self.params.memory_budget.unwrap_or(crate::params::DEFAULT_MEMORY_BUDGET), u64::MAX),
+            Backend::Cpu => {
+                let (g, plan) = self.prepare(f.shape(), b.shape(), mask.map(|m| m.shape()), rows_per_tile)?;
+                reference::forward(&self.params, &g, &plan, f, b, mask, queries)
+            }
+            Backend::Gpu(gpu) => self.submit(gpu, f, b, mask, queries, rows_per_tile)?.wait(gpu),
         }
     }
 

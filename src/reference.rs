@@ -14,7 +14,7 @@
 use crate::error::Result;
 use crate::geometry::{FusePass, Geometry};
 use crate::layer::Output;
-use crate::params::{Masking, Overlap, Params, DEFAULT_MEMORY_BUDGET};
+use crate::params::{Masking, Overlap, Params};
 use crate::plan::{Plan, Tile};
 use crate::tensor::Tensor;
 
@@ -278,16 +278,10 @@ pub fn normalize(y: &mut [f64], g: &Geometry, overlap: Overlap) {
     }
 }
 
-/// The whole layer on the CPU, f64 inside (see [`crate::ContextualAttention`] for the arguments).
-/// `queries` (i, j) of the query grid get their attention rows in [`Output::attention_rows`].
-pub fn forward(params: &Params, f: &Tensor, b: &Tensor, mask: Option<&Tensor>, queries: &[(usize, usize)]) -> Result<Output> {
-    let g = Geometry::new(params, f.shape(), b.shape(), mask.map(|m| m.shape()))?;
-    let plan = Plan::new(&g, params.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET), u64::MAX)?;
-    forward_planned(params, &g, &plan, f, b, mask, queries)
-}
-
-/// The layer with a given plan (tests use it to force tilings).
-pub fn forward_planned(
+/// The whole layer on the CPU, f64 inside, with a checked geometry and a tile plan (see
+/// [`crate::ContextualAttention::forward`]); `queries` (i, j) of the query grid get their
+/// attention rows in [`Output::attention_rows`].
+pub fn forward(
     params: &Params,
     g: &Geometry,
     plan: &Plan,

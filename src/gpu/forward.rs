@@ -186,26 +186,9 @@ fn touched_rows(g: &Geometry, rows: &Range<usize>) -> Range<usize> {
     lo..hi.max(lo)
 }
 
-/// Validates, uploads, records and submits one call (see [`crate::ContextualAttention::forward`]).
+/// Uploads, records and submits one call with its checked geometry and plan.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn submit(
-    gpu: &Gpu,
-    kernels: &Kernels,
-    workspace: &mut Option<Workspace>,
-    params: &Params,
-    f: &Tensor,
-    b: &Tensor,
-    mask: Option<&Tensor>,
-    queries: &[(usize, usize)],
-) -> Result<Pending> {
-    let g = Geometry::new(params, f.shape(), b.shape(), mask.map(|m| m.shape()))?;
-    let plan = Plan::new(&g, budget(gpu, params), gpu.max_binding())?;
-    submit_planned(gpu, kernels, workspace, params, g, plan, f, b, mask, queries)
-}
-
-/// [`submit`] with a given plan.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn submit_planned(
     gpu: &Gpu,
     kernels: &Kernels,
     workspace: &mut Option<Workspace>,
