@@ -361,3 +361,21 @@ fn normalize_matches_twin() {
         }
     }
 }
+
+#[test]
+fn dispatch_grid_folds_past_65535_workgroups() {
+    // 4097² elements need 65,569 workgroups of 256: more than one grid dimension allows, so the
+    // dispatch is folded into two dimensions and the shader rebuilds the linear index.
+    let st = stages_or_skip!();
+    let n = 4097;
+    let x: Vec<f32> = (0..n * n).map(|i| (i % 65_521) as f32).collect();
+    // Reversed row and column maps, so every output element comes from a different place.
+    let rev: Vec<u32> = (0..n as u32).rev().collect();
+    let got = st.downscale(&x, n, 1, &rev, &rev).unwrap();
+    assert_eq!(got.len(), n * n);
+    for (k, &v) in got.iter().enumerate() {
+        let (i, j) = (k / n, k % n);
+        let want = x[(n - 1 - i) * n + (n - 1 - j)];
+        assert!(v == want, "element {k} = ({i},{j}): got {v}, want {want}");
+    }
+}
