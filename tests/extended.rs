@@ -134,3 +134,25 @@ fn every_option_is_tiling_invariant_on_the_gpu() {
         close(&format!("{name}, GPU vs twin"), &whole.y, &twin.y, 1e-5);
     }
 }
+
+#[test]
+fn layer_runs_on_a_device_the_caller_owns() {
+    let _ = gpu_or_skip!(); // an adapter exists
+    // A device made by the caller (as a renderer or an ML framework would), then shared.
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::from_env().unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12),
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).unwrap();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    let gpu = contextual_attention::Gpu::from_device(device.clone(), queue, adapter.get_info());
+    let mut rng = common::Rng::new("own device");
+    let x = rng.tensor([1, 12, 12, 3], -1.0, 1.0);
+    let params = Params { rate: 2, ..Default::default() };
+    let out = ContextualAttention::new(&gpu, params.clone()).unwrap().forward(&x, &x, None).unwrap();
+    let twin = ContextualAttention::cpu(params).unwrap().forward(&x, &x, None).unwrap();
+    close("caller's device vs twin", &out.y, &twin.y, 1e-5);
+    // The caller's device still works for its own work afterwards.
+    let buf = device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 16, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
+    assert_eq!(buf.size(), 16);
+}
