@@ -154,8 +154,16 @@ impl ContextualAttention {
         let g = Geometry::new(&self.params, f, b, mask)?;
         let plan = match (rows_per_tile, &self.backend) {
             (Some(rows), _) => Plan::with_rows(&g, rows),
-            (None, Backend::Gpu(gpu)) => Plan::new(&g, forward::budget(gpu, &self.params), gpu.max_binding())?,
-            (None, Backend::Cpu) => Plan::new(&g, self.params.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET), u64::MAX)?,
+            (None, backend) => {
+                let max_binding = match backend {
+                    Backend::Gpu(gpu) => gpu.max_binding(),
+                    Backend::Cpu => u64::MAX,
+                };
+                match self.params.memory_budget {
+                    Some(budget) => Plan::new(&g, budget, max_binding)?,
+                    None => Plan::targeting(&g, DEFAULT_MEMORY_BUDGET.min(max_binding), max_binding)?,
+                }
+            }
         };
         Ok((g, plan))
     }

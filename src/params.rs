@@ -72,8 +72,10 @@ pub struct Params {
     /// Fuse propagation (default: the original's wrap-around).
     pub fuse_mode: FuseMode,
     /// Bytes allowed for one query tile's working set (score rows, query patches, pasted
-    /// columns; SPEC §T). `None`: the smaller of 256 MiB and the device's largest storage
-    /// binding. The result does not depend on it.
+    /// columns; SPEC §T), a hard limit: a call that cannot fit one query row in it fails with
+    /// [`crate::Error::MemoryBudget`]. `None`: aim for the smaller of 256 MiB and the device's
+    /// largest storage binding, and use one-row tiles if even those need more. The result does
+    /// not depend on it.
     pub memory_budget: Option<u64>,
 }
 

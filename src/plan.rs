@@ -54,16 +54,15 @@ fn rows_reached(g: &Geometry, pass: FusePass, i: usize) -> Vec<usize> {
     rows
 }
 
-/// Bytes of the per-tile buffers: query patches and raw scores of the raw rows, first-pass
-/// rows, the tile's attention rows and its pasted columns (all f32).
-pub fn tile_bytes(g: &Geometry, tile_rows: usize, pass1_rows: usize, raw_rows: usize) -> [u64; 5] {
+/// Bytes of the per-tile buffers: query patches and raw scores of the raw rows (the fused
+/// scores and then the attention of the tile's rows reuse the raw scores' buffer), the first
+/// fuse pass's rows, and the tile's pasted columns (all f32).
+pub fn tile_bytes(g: &Geometry, tile_rows: usize, pass1_rows: usize, raw_rows: usize) -> [u64; 4] {
     let (wf, l) = (g.wf as u64, g.patches() as u64);
-    let attention = if g.fuse.is_some() { tile_rows as u64 * wf * l } else { 0 }; // else in place
     [
         4 * raw_rows as u64 * wf * g.match_len() as u64, // query patches
-        4 * raw_rows as u64 * wf * l,                    // raw scores
+        4 * raw_rows as u64 * wf * l,                    // raw scores → fused scores → attention
         4 * pass1_rows as u64 * wf * l,                  // first fuse pass
-        4 * attention,                                   // fused scores → attention
         4 * tile_rows as u64 * wf * g.raw_len() as u64,  // pasted columns
     ]
 }
@@ -92,6 +91,22 @@ impl Plan {
         Err(Error::MemoryBudget { budget, needed: smallest.0 })
     }
 
+    /// Like [`Plan::new`], but `budget` is a target rather than a limit: if even one-row tiles
+    /// exceed it, one-row tiles are used anyway (every buffer still within `max_binding`).
+    /// This is what the default budget does, so that large inputs run without configuration.
+    pub fn targeting(g: &Geometry, budget: u64, max_binding: u64) -> Result<Plan> {
+        match Plan::new(g, budget, max_binding) {
+            Err(Error::MemoryBudget { .. }) => {
+                let (plan, largest) = Self::build(g, &RowNeeds::new(g), 1);
+                if largest > max_binding {
+                    return Err(Error::BufferTooLarge { name: "score rows of a one-row tile", size: largest, limit: max_binding, what: "storage binding" });
+                }
+                Ok(plan)
+            }
+            other => other,
+        }
+    }
+
     /// Tiles of exactly `rows_per_tile` query rows (the last may have fewer), whatever they cost.
     pub fn with_rows(g: &Geometry, rows_per_tile: usize) -> Plan {
         Self::build(g, &RowNeeds::new(g), rows_per_tile.clamp(1, g.hf)).0
@@ -112,7 +127,7 @@ impl Plan {
                 Tile { rows: r0..r1, pass1_rows, raw_rows }
             })
             .collect();
-        let sizes: Vec<[u64; 5]> =
+        let sizes: Vec<[u64; 4]> =
             tiles.iter().map(|t| tile_bytes(g, t.rows.len(), t.pass1_rows.len(), t.raw_rows.len())).collect();
         let total = sizes.iter().map(|s| s.iter().sum::<u64>()).max().unwrap_or(0);
         let largest = sizes.iter().flat_map(|s| s.iter().copied()).max().unwrap_or(0);

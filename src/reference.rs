@@ -293,7 +293,7 @@ pub fn forward(
     g.check_queries(queries)?;
     let (l, c) = (g.patches(), g.channels);
     let (hf_full, wf_full) = g.f_size;
-    let (hb_full, wb_full) = g.b_size;
+    let wb_full = g.b_size.1;
     let nq = g.queries();
     let mut y_all = Vec::with_capacity(g.batch * hf_full * wf_full * c);
     let mut argmax_all = Vec::with_capacity(g.batch * nq);
@@ -314,7 +314,6 @@ pub fn forward(
             }
             None => vec![1.0; l],
         };
-        debug_assert_eq!(hb_full, g.b_rows.len() * g.rate);
         let raw = raw_patches(&b_n, g);
         let mut y = vec![0.0; hf_full * wf_full * c];
         for tile in &plan.tiles {

@@ -156,3 +156,30 @@ fn layer_runs_on_a_device_the_caller_owns() {
     let buf = device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 16, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
     assert_eq!(buf.size(), 16);
 }
+
+#[test]
+fn the_default_budget_is_a_target_and_an_explicit_one_a_limit() {
+    // 1080p model features (270×480×96 at rate 2): 32,400 queries and patches, a 4 GB score
+    // matrix, in one-row tiles within the default 256 MiB.
+    let shape = [1, 270, 480, 96];
+    let mask = Some([1, 270, 480, 1]);
+    let model = Params { rate: 2, ..Default::default() };
+    let plan = ContextualAttention::cpu(model.clone()).unwrap().plan(shape, shape, mask).unwrap();
+    let full = 32_400u64 * 32_400 * 4;
+    eprintln!("1080p default plan: {} tiles of {} rows, {} MiB per tile (whole matrix {} MiB)", plan.tiles.len(), plan.rows_per_tile, plan.tile_bytes >> 20, full >> 20);
+    assert!(plan.tile_bytes <= 256 << 20 && plan.tiles.len() == 135);
+    // 2560×1600 (400×640×96): one-row tiles need more than 256 MiB. The default budget is a
+    // target and uses them anyway; the same budget given explicitly is a limit.
+    let (shape, mask) = ([1, 400, 640, 96], Some([1, 400, 640, 1]));
+    let plan = ContextualAttention::cpu(model.clone()).unwrap().plan(shape, shape, mask).unwrap();
+    eprintln!("2560x1600 default plan: {} tiles of {} rows, {} MiB per tile", plan.tiles.len(), plan.rows_per_tile, plan.tile_bytes >> 20);
+    assert!(plan.rows_per_tile == 1 && plan.tile_bytes > 256 << 20);
+    let strict = ContextualAttention::cpu(Params { memory_budget: Some(256 << 20), ..model.clone() }).unwrap();
+    match strict.plan(shape, shape, mask) {
+        Err(err @ contextual_attention::Error::MemoryBudget { .. }) => assert!(err.to_string().contains("raise the memory budget"), "{err}"),
+        other => panic!("an explicit 256 MiB budget must be refused, got {:?}", other.map(|p| p.tiles.len())),
+    }
+    // With room, tiles grow.
+    let roomy = ContextualAttention::cpu(Params { memory_budget: Some(4 << 30), ..model }).unwrap();
+    assert!(roomy.plan(shape, shape, mask).unwrap().rows_per_tile > 1);
+}

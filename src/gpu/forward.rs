@@ -10,7 +10,7 @@ use crate::gpu::kernels::{
     u32_of, DownscaleParams, FoldParams, FuseParams, GemmParams, Kernel, Kernels, PatchParams, Recorder, RowsParams, SoftmaxParams,
 };
 use crate::layer::Output;
-use crate::params::{FuseMode, Masking, Overlap, Params, DEFAULT_MEMORY_BUDGET};
+use crate::params::{FuseMode, Masking, Overlap, Params};
 use crate::plan::{Plan, Tile};
 use crate::tensor::Tensor;
 
@@ -103,7 +103,6 @@ struct Buffers {
     pf: wgpu::Buffer,
     scores: wgpu::Buffer,
     pass1: wgpu::Buffer,
-    attention: wgpu::Buffer,
     cols: wgpu::Buffer,
     y: wgpu::Buffer,
     argmax: wgpu::Buffer,
@@ -147,7 +146,6 @@ impl Buffers {
             pf: storage(gpu, "query patches", max_raw * g.wf * g.match_len())?,
             scores: storage(gpu, "raw scores", max_raw * g.wf * l)?,
             pass1: storage(gpu, "first fuse pass", max_pass1 * g.wf * l)?,
-            attention: storage(gpu, "attention", if g.fuse.is_some() { max_rows * g.wf * l } else { 1 })?,
             cols: storage(gpu, "pasted columns", max_rows * g.wf * g.raw_len())?,
             y: storage(gpu, "y", y_len)?,
             argmax: storage(gpu, "argmax", nq)?,
@@ -172,11 +170,6 @@ pub(crate) struct Pending {
     staging: wgpu::Buffer,
     submission: wgpu::SubmissionIndex,
     receiver: futures_intrusive::channel::shared::OneshotReceiver<std::result::Result<(), wgpu::BufferAsyncError>>,
-}
-
-/// The memory budget in force: the caller's, or the smaller of 256 MiB and the device's largest binding.
-pub(crate) fn budget(gpu: &Gpu, params: &Params) -> u64 {
-    params.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET.min(gpu.max_binding()))
 }
 
 /// Output rows touched by the paste of query rows `rows`.
@@ -452,15 +445,15 @@ fn record_tile(rec: &mut Recorder, call: &Call, params: &Params, g: &Geometry, t
     let p = gemm_params(tile.raw_rows.len() * wf, l, g.match_len(), true)?;
     rec.gemm(Kernel::ScoresGemm, &p, &[(1, &bufs.pf), (2, &bufs.pb), (3, &bufs.scores)])?;
 
-    let attention = if g.fuse.is_some() {
+    // The second fuse pass writes into the raw scores' buffer, free once the first pass has
+    // read it; the softmax then turns those rows into attention in place.
+    let attention = &bufs.scores;
+    if g.fuse.is_some() {
         let p = fuse_params(g, FusePass::Rows, tile.pass1_rows.len(), ti.raw_slots, ti.pass1_rows)?;
         rec.linear(Kernel::Fuse, &p, &[(1, &bufs.scores), (2, call.index), (3, &bufs.pass1)], p.count as u64)?;
         let p = fuse_params(g, FusePass::Cols, tile.rows.len(), ti.pass1_slots, ti.rows)?;
-        rec.linear(Kernel::Fuse, &p, &[(1, &bufs.pass1), (2, call.index), (3, &bufs.attention)], p.count as u64)?;
-        &bufs.attention
-    } else {
-        &bufs.scores
-    };
+        rec.linear(Kernel::Fuse, &p, &[(1, &bufs.pass1), (2, call.index), (3, attention)], p.count as u64)?;
+    }
 
     let rows_m = tile.rows.len() * wf;
     let p = softmax_params(rows_m, l, params.softmax_scale, params.masking, n * g.queries() + tile.rows.start * wf)?;
