@@ -33,12 +33,15 @@ pub struct Output {
     pub queries: Vec<(usize, usize)>,
     /// Their attention over b's patches, `[B, queries, ph, pw]` flattened; empty unless asked for.
     pub attention_rows: Vec<f32>,
+    /// Time the GPU spent in the layer's compute pass (timestamp queries), where the device
+    /// supports them; `None` on the CPU backend. Excludes upload and readback.
+    pub gpu_time_ms: Option<f64>,
 }
 
 impl Output {
     pub(crate) fn new(g: &Geometry, y: Tensor, argmax: Vec<u32>, mass: Vec<f32>) -> Output {
         let offsets = argmax.iter().flat_map(|&a| [(a as usize / g.pw) as i32, (a as usize % g.pw) as i32]).collect();
-        Output { y, argmax, offsets, mass, grid: (g.hf, g.wf), patch_grid: (g.ph, g.pw), queries: Vec::new(), attention_rows: Vec::new() }
+        Output { y, argmax, offsets, mass, grid: (g.hf, g.wf), patch_grid: (g.ph, g.pw), queries: Vec::new(), attention_rows: Vec::new(), gpu_time_ms: None }
     }
 }
 

@@ -183,3 +183,23 @@ fn the_default_budget_is_a_target_and_an_explicit_one_a_limit() {
     let roomy = ContextualAttention::cpu(Params { memory_budget: Some(4 << 30), ..model }).unwrap();
     assert!(roomy.plan(shape, shape, mask).unwrap().rows_per_tile > 1);
 }
+
+#[test]
+fn the_compute_pass_is_timed_where_the_device_has_timestamps() {
+    let gpu = gpu_or_skip!();
+    let mut rng = common::Rng::new("timestamps");
+    let x = rng.tensor([1, 16, 16, 4], -1.0, 1.0);
+    let layer = ContextualAttention::new(gpu, Params { rate: 2, ..Default::default() }).unwrap();
+    let start = std::time::Instant::now();
+    let out = layer.forward(&x, &x, None).unwrap();
+    let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+    if gpu.device().features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+        let t = out.gpu_time_ms.expect("a device with timestamps reports the pass time");
+        eprintln!("pass {t:.3} ms of {wall_ms:.3} ms wall");
+        assert!(t > 0.0 && t <= wall_ms, "pass time {t} ms must lie in (0, {wall_ms}] ms");
+    } else {
+        assert_eq!(out.gpu_time_ms, None);
+    }
+    let cpu = ContextualAttention::cpu(Params { rate: 2, ..Default::default() }).unwrap().forward(&x, &x, None).unwrap();
+    assert_eq!(cpu.gpu_time_ms, None);
+}

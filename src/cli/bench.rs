@@ -28,6 +28,8 @@ struct Row {
     backend: &'static str,
     adapter: String,
     median_ms: f64,
+    /// median time of the compute pass alone (GPU rows, where timestamps exist)
+    pass_ms: Option<f64>,
     gflops: f64,
     speedup: Option<f64>,
     /// max |y_GPU − y_CPU twin| (GPU rows, when the twin ran)
@@ -44,20 +46,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Median wall time in ms over `repeats` runs after `warmup` runs, and the last run's output.
-fn measure(layer: &ContextualAttention, case: &BenchCase, warmup: usize, repeats: usize) -> CliResult<(f64, Tensor)> {
+/// Median wall time in ms over `repeats` runs after `warmup` runs, the median time of the
+/// compute pass (timestamp queries, where the device has them), and the last run's output.
+fn measure(layer: &ContextualAttention, case: &BenchCase, warmup: usize, repeats: usize) -> CliResult<(f64, Option<f64>, Tensor)> {
     let (x, mask) = case.inputs();
     for _ in 0..warmup {
         layer.forward(&x, &x, mask.as_ref())?;
     }
     let mut times = Vec::with_capacity(repeats);
+    let mut pass_times = Vec::with_capacity(repeats);
     let mut last = None;
     for _ in 0..repeats {
         let (r, t) = timed(|| layer.forward(&x, &x, mask.as_ref()));
-        last = Some(r?.y);
+        let out = r?;
+        pass_times.extend(out.gpu_time_ms);
+        last = Some(out.y);
         times.push(ms(t));
     }
-    Ok((median(times), last.expect("at least one run")))
+    let pass = (pass_times.len() == repeats).then(|| median(pass_times));
+    Ok((median(times), pass, last.expect("at least one run")))
 }
 
 fn json_str(s: &str) -> String {
@@ -90,11 +97,11 @@ pub fn run(a: BenchArgs) -> CliResult {
         let gflop = g.flops() / 1e9;
         bar.set_message(format!("{} on GPU", case.name));
         let layer = ContextualAttention::new(&gpu, case.params.clone())?;
-        let (gpu_ms, gpu_y) = measure(&layer, case, warmup, repeats)?;
+        let (gpu_ms, pass_ms, gpu_y) = measure(&layer, case, warmup, repeats)?;
         bar.inc(1);
         let cpu = if cpu_cases(case) {
             bar.set_message(format!("{} on CPU twin", case.name));
-            let (t, y) = measure(&ContextualAttention::cpu(case.params.clone())?, case, 0, repeats)?;
+            let (t, _, y) = measure(&ContextualAttention::cpu(case.params.clone())?, case, 0, repeats)?;
             bar.inc(1);
             Some((t, gpu_y.max_abs_diff(&y) as f64))
         } else {
@@ -107,6 +114,7 @@ pub fn run(a: BenchArgs) -> CliResult {
             backend: "gpu",
             adapter: adapter.clone(),
             median_ms: gpu_ms,
+            pass_ms,
             gflops: gflop / (gpu_ms / 1e3),
             speedup: cpu_ms.map(|c| c / gpu_ms),
             max_abs_err: cpu.map(|c| c.1),
@@ -118,6 +126,7 @@ pub fn run(a: BenchArgs) -> CliResult {
                 backend: "cpu",
                 adapter: "CPU twin (f64, one thread)".into(),
                 median_ms: c,
+                pass_ms: None,
                 gflops: gflop / (c / 1e3),
                 speedup: None,
                 max_abs_err: None,
@@ -130,12 +139,13 @@ pub fn run(a: BenchArgs) -> CliResult {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"case\":{},\"size\":{},\"backend\":{},\"adapter\":{},\"median_ms\":{:.3},\"gflops\":{:.3},\"speedup\":{},\"max_abs_err\":{}}}",
+                    "{{\"case\":{},\"size\":{},\"backend\":{},\"adapter\":{},\"median_ms\":{:.3},\"pass_ms\":{},\"gflops\":{:.3},\"speedup\":{},\"max_abs_err\":{}}}",
                     json_str(r.case),
                     json_str(&r.size),
                     json_str(r.backend),
                     json_str(&r.adapter),
                     r.median_ms,
+                    r.pass_ms.map_or("null".to_string(), |p| format!("{p:.3}")),
                     r.gflops,
                     r.speedup.map_or("null".to_string(), |s| format!("{s:.3}")),
                     r.max_abs_err.map_or("null".to_string(), |e| format!("{e:e}"))
@@ -145,15 +155,16 @@ pub fn run(a: BenchArgs) -> CliResult {
         println!("[{}]", items.join(","));
     } else {
         println!("adapter: {adapter}; {} timed run(s) per row, {} warm-up", repeats, warmup);
-        println!("| case | size | backend | median ms | GFLOP/s | GPU speed-up | max abs err vs twin |");
-        println!("|---|---|---|---:|---:|---:|---:|");
+        println!("| case | size | backend | median ms | GPU pass ms | GFLOP/s | GPU speed-up | max abs err vs twin |");
+        println!("|---|---|---|---:|---:|---:|---:|---:|");
         for r in &rows {
             println!(
-                "| {} | {} | {} | {:.1} | {:.2} | {} | {} |",
+                "| {} | {} | {} | {:.1} | {} | {:.2} | {} | {} |",
                 r.case,
                 r.size,
                 r.backend,
                 r.median_ms,
+                r.pass_ms.map_or(String::new(), |p| format!("{p:.1}")),
                 r.gflops,
                 r.speedup.map_or(String::new(), |s| format!("{s:.2}×")),
                 r.max_abs_err.map_or(String::new(), |e| format!("{e:.1e}"))

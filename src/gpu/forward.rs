@@ -165,6 +165,8 @@ struct Call<'a> {
 
 /// A submitted call whose results are not read back yet.
 pub(crate) struct Pending {
+    /// Byte offset of the pass's two timestamps in the readback, where the device has them.
+    timestamp_at: Option<usize>,
     geometry: Geometry,
     queries: Vec<(usize, usize)>,
     staging: wgpu::Buffer,
@@ -225,13 +227,25 @@ pub(crate) fn submit(
 
     let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("contextual attention") });
     encoder.clear_buffer(&bufs.y, 0, None);
-    rec.encode(&gpu.device, kernels, &mut encoder);
+    // GPU time of the pass from timestamp queries, where the device has them.
+    let timestamps = gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY).then(|| {
+        let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("pass time"), ty: wgpu::QueryType::Timestamp, count: 2 });
+        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("pass time"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        (set, resolve)
+    });
+    rec.encode(&gpu.device, kernels, &mut encoder, timestamps.as_ref().map(|t| &t.0));
     // The readback buffer belongs to the call, so a call still being read back is never
     // overwritten by the next one.
     let nq_bytes = (g.batch * g.queries() * 4) as u64;
     let y_len = (g.batch * g.f_size.0 * g.f_size.1 * g.channels * 4) as u64;
     let rows_bytes = (rows_len * 4) as u64;
-    let out_bytes = y_len + 2 * nq_bytes + rows_bytes;
+    let ts_at = (y_len + 2 * nq_bytes + rows_bytes).div_ceil(8) * 8;
+    let out_bytes = ts_at + if timestamps.is_some() { 16 } else { 0 };
     let limit = gpu.device.limits().max_buffer_size;
     if out_bytes > limit {
         return Err(Error::BufferTooLarge { name: "readback", size: out_bytes, limit, what: "buffer" });
@@ -248,12 +262,17 @@ pub(crate) fn submit(
     if rows_bytes > 0 {
         encoder.copy_buffer_to_buffer(&rows, 0, &staging, y_len + 2 * nq_bytes, Some(rows_bytes));
     }
+    if let Some((set, resolve)) = &timestamps {
+        encoder.resolve_query_set(set, 0..2, resolve, 0);
+        encoder.copy_buffer_to_buffer(resolve, 0, &staging, ts_at, Some(16));
+    }
     let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
     encoder.map_buffer_on_submit(&staging, wgpu::MapMode::Read, .., move |r| {
         sender.send(r).ok();
     });
     let submission = queue.submit([encoder.finish()]);
-    Ok(Pending { geometry: g, queries: queries.to_vec(), staging, submission, receiver })
+    let timestamp_at = timestamps.is_some().then_some(ts_at as usize);
+    Ok(Pending { geometry: g, queries: queries.to_vec(), staging, submission, receiver, timestamp_at })
 }
 
 // Parameter blocks of each stage, shared by the forward pass and the single-stage runners.
@@ -503,20 +522,25 @@ impl Pending {
         let y_len = g.batch * g.f_size.0 * g.f_size.1 * g.channels;
         let nq = g.batch * g.queries();
         let rows_len = g.batch * self.queries.len() * g.patches();
-        let (y, argmax, mass, rows) = {
+        let (y, argmax, mass, rows, ticks) = {
             let view = self.staging.get_mapped_range(..).map_err(|e| Error::Gpu(format!("mapping the readback failed: {e}")))?;
             let words: &[u32] = bytemuck::cast_slice(&view[..(y_len + 2 * nq + rows_len) * 4]);
             let y: Vec<f32> = bytemuck::cast_slice(&words[..y_len]).to_vec();
             let argmax = words[y_len..y_len + nq].to_vec();
             let mass: Vec<f32> = bytemuck::cast_slice(&words[y_len + nq..y_len + 2 * nq]).to_vec();
             let rows: Vec<f32> = bytemuck::cast_slice(&words[y_len + 2 * nq..]).to_vec();
-            (y, argmax, mass, rows)
+            let ticks = self.timestamp_at.map(|at| {
+                let t: &[u64] = bytemuck::cast_slice(&view[at..at + 16]);
+                t[1].saturating_sub(t[0])
+            });
+            (y, argmax, mass, rows, ticks)
         };
         self.staging.unmap();
         let y = Tensor::new([g.batch, g.f_size.0, g.f_size.1, g.channels], y)?;
         let mut out = Output::new(g, y, argmax, mass);
         out.queries = self.queries;
         out.attention_rows = rows;
+        out.gpu_time_ms = ticks.map(|t| t as f64 * gpu.queue.get_timestamp_period() as f64 / 1e6);
         Ok(out)
     }
 }

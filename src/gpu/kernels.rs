@@ -296,7 +296,8 @@ impl Recorder {
     }
 
     /// Encodes every recorded dispatch, in order, into one compute pass.
-    pub(crate) fn encode(self, device: &wgpu::Device, kernels: &Kernels, encoder: &mut wgpu::CommandEncoder) {
+    /// `timestamps`, if given, records the start and end of the pass in queries 0 and 1.
+    pub(crate) fn encode(self, device: &wgpu::Device, kernels: &Kernels, encoder: &mut wgpu::CommandEncoder, timestamps: Option<&wgpu::QuerySet>) {
         if self.ops.is_empty() {
             return;
         }
@@ -332,7 +333,14 @@ impl Recorder {
                 })
             })
             .collect();
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("contextual attention"), timestamp_writes: None });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("contextual attention"),
+            timestamp_writes: timestamps.map(|query_set| wgpu::ComputePassTimestampWrites {
+                query_set,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            }),
+        });
         for (op, bg) in self.ops.iter().zip(&bind_groups) {
             if op.groups.0 == 0 || op.groups.1 == 0 {
                 continue;
