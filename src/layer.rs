@@ -12,8 +12,8 @@ use crate::plan::Plan;
 use crate::reference;
 use crate::tensor::Tensor;
 
-/// What one call produces.
-#[derive(Clone, Debug, PartialEq)]
+/// What one call produces. Equality compares the results, not `gpu_time_ms`.
+#[derive(Clone, Debug)]
 pub struct Output {
     /// The reconstruction, `[B, Hf, Wf, C]`.
     pub y: Tensor,
@@ -36,6 +36,13 @@ pub struct Output {
     /// Time the GPU spent in the layer's compute pass (timestamp queries), where the device
     /// supports them; `None` on the CPU backend. Excludes upload and readback.
     pub gpu_time_ms: Option<f64>,
+}
+
+impl PartialEq for Output {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.y, &self.argmax, &self.offsets, &self.mass, self.grid, self.patch_grid, &self.queries, &self.attention_rows)
+            == (&o.y, &o.argmax, &o.offsets, &o.mass, o.grid, o.patch_grid, &o.queries, &o.attention_rows)
+    }
 }
 
 impl Output {
@@ -122,13 +129,26 @@ impl ContextualAttention {
     /// (background); `mask` `[1 or B, Hb, Wb, 1]` marks with 1 the pixels of b that may not be
     /// used as a source.
     pub fn forward(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Output> {
-        self.run(f, b, mask, &[], None)
+        self.run(f, b, mask, &[], None, &mut |_, _| {})
+    }
+
+    /// [`forward`](Self::forward), calling `progress(done, total)` as the work advances (once
+    /// per query tile of each batch item). Long calls are submitted to the GPU in parts, one per
+    /// tile, so that no submission runs long enough for the operating system to reset the GPU.
+    pub fn forward_with_progress(
+        &self,
+        f: &Tensor,
+        b: &Tensor,
+        mask: Option<&Tensor>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Output> {
+        self.run(f, b, mask, &[], None, progress)
     }
 
     /// [`forward`](Self::forward), also returning the attention rows of the queries (i, j) of
     /// the hf×wf query grid in [`Output::attention_rows`] (for every batch item).
     pub fn forward_inspect(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>, queries: &[(usize, usize)]) -> Result<Output> {
-        self.run(f, b, mask, queries, None)
+        self.run(f, b, mask, queries, None, &mut |_, _| {})
     }
 
     /// [`forward`](Self::forward) as a future that resolves when the readback is mapped. A helper
@@ -136,7 +156,7 @@ impl ContextualAttention {
     /// the work runs before the future is returned.
     pub async fn forward_async(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Output> {
         match &self.backend {
-            Backend::Cpu => self.run(f, b, mask, &[], None),
+            Backend::Cpu => self.run(f, b, mask, &[], None, &mut |_, _| {}),
             Backend::Gpu(gpu) => self.submit(gpu, f, b, mask, &[], None)?.wait_async(gpu).await,
         }
     }
@@ -144,7 +164,7 @@ impl ContextualAttention {
     /// Runs the layer in tiles of `rows_per_tile` query rows, whatever the memory budget says
     /// (for tests and experiments with tilings; the result does not depend on the tiling).
     pub fn forward_with_tile_rows(&self, rows_per_tile: usize, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Output> {
-        self.run(f, b, mask, &[], Some(rows_per_tile))
+        self.run(f, b, mask, &[], Some(rows_per_tile), &mut |_, _| {})
     }
 
     /// The tile plan a call with these shapes would use.
@@ -185,13 +205,21 @@ impl ContextualAttention {
         forward::submit(gpu, self.kernels(), &mut ws, &self.params, g, plan, f, b, mask, queries)
     }
 
-    fn run(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>, queries: &[(usize, usize)], rows_per_tile: Option<usize>) -> Result<Output> {
+    fn run(
+        &self,
+        f: &Tensor,
+        b: &Tensor,
+        mask: Option<&Tensor>,
+        queries: &[(usize, usize)],
+        rows_per_tile: Option<usize>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Output> {
         match &self.backend {
             Backend::Cpu => {
                 let (g, plan) = self.prepare(f.shape(), b.shape(), mask.map(|m| m.shape()), rows_per_tile)?;
-                reference::forward(&self.params, &g, &plan, f, b, mask, queries)
+                reference::forward(&self.params, &g, &plan, f, b, mask, queries, progress)
             }
-            Backend::Gpu(gpu) => self.submit(gpu, f, b, mask, queries, rows_per_tile)?.wait(gpu),
+            Backend::Gpu(gpu) => self.submit(gpu, f, b, mask, queries, rows_per_tile)?.wait(gpu, progress),
         }
     }
 

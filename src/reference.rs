@@ -280,7 +280,8 @@ pub fn normalize(y: &mut [f64], g: &Geometry, overlap: Overlap) {
 
 /// The whole layer on the CPU, f64 inside, with a checked geometry and a tile plan (see
 /// [`crate::ContextualAttention::forward`]); `queries` (i, j) of the query grid get their
-/// attention rows in [`Output::attention_rows`].
+/// attention rows in [`Output::attention_rows`]; `progress(done, total)` is told after each tile.
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     params: &Params,
     g: &Geometry,
@@ -289,6 +290,7 @@ pub fn forward(
     b: &Tensor,
     mask: Option<&Tensor>,
     queries: &[(usize, usize)],
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Output> {
     g.check_queries(queries)?;
     let (l, c) = (g.patches(), g.channels);
@@ -299,6 +301,7 @@ pub fn forward(
     let mut argmax_all = Vec::with_capacity(g.batch * nq);
     let mut mass_all = Vec::with_capacity(g.batch * nq);
     let mut rows_all = vec![0.0f32; g.batch * queries.len() * l];
+    let (mut done, total) = (0, g.batch * plan.tiles.len());
     let item = |t: &Tensor, n: usize| -> Vec<f64> { t.item(n).data().iter().map(|&v| v as f64).collect() };
     for n in 0..g.batch {
         let f_n = item(f, n);
@@ -324,6 +327,8 @@ pub fn forward(
             }
             let cols = gemm_nn(&attention, &raw, tile.rows.len() * g.wf, g.raw_len(), l);
             fold(&cols, tile.rows.clone(), g, &mut y);
+            done += 1;
+            progress(done, total);
         }
         normalize(&mut y, g, params.overlap);
         y_all.extend(y.iter().map(|&v| v as f32));

@@ -203,3 +203,25 @@ fn the_compute_pass_is_timed_where_the_device_has_timestamps() {
     let cpu = ContextualAttention::cpu(Params { rate: 2, ..Default::default() }).unwrap().forward(&x, &x, None).unwrap();
     assert_eq!(cpu.gpu_time_ms, None);
 }
+
+#[test]
+fn progress_is_reported_per_tile_and_changes_nothing() {
+    let gpu = gpu_or_skip!();
+    let mut rng = common::Rng::new("progress");
+    let x = rng.tensor([2, 16, 16, 3], -1.0, 1.0);
+    let hole = rng.hole(1, 16, 16);
+    let params = Params { rate: 2, ..Default::default() };
+    let whole = ContextualAttention::new(gpu, params.clone()).unwrap().plan(x.shape(), x.shape(), Some(hole.shape())).unwrap().tile_bytes;
+    for backend in [contextual_attention::Backend::Gpu(gpu.clone()), contextual_attention::Backend::Cpu] {
+        let tiled = ContextualAttention::with_backend(backend, Params { memory_budget: Some(whole * 2 / 3), ..params.clone() }).unwrap();
+        let tiles = tiled.plan(x.shape(), x.shape(), Some(hole.shape())).unwrap().tiles.len();
+        assert!(tiles >= 2);
+        let mut seen = Vec::new();
+        let out = tiled.forward_with_progress(&x, &x, Some(&hole), &mut |done, total| seen.push((done, total))).unwrap();
+        let total = seen.last().expect("progress was reported").1;
+        assert!(total >= 2 * tiles, "{} reports {total} steps for 2 items of {tiles} tiles", tiled.describe_backend());
+        assert_eq!(seen, (1..=total).map(|d| (d, total)).collect::<Vec<_>>(), "progress counts up by one to the total");
+        let plain = tiled.forward(&x, &x, Some(&hole)).unwrap();
+        assert!(out.y == plain.y && out.argmax == plain.argmax && out.mass == plain.mass, "progress changes nothing");
+    }
+}

@@ -71,10 +71,7 @@ pub fn run(a: AttendArgs) -> CliResult {
     let g = contextual_attention::Geometry::new(&a.layer.params(1), f.shape(), b.shape(), mask.as_ref().map(|m| m.shape()))?;
     g.check_queries(&queries)?;
     let layer = a.layer.layer(1)?;
-    eprintln!("running on {}", layer.describe_backend());
-    let (out, t) = super::timed(|| layer.forward_inspect(&f, &b, mask.as_ref(), &queries));
-    let out = out?;
-    eprintln!("layer: {:.1} ms", super::ms(t));
+    let out = super::run_layer(&layer, &f, &b, mask.as_ref(), &queries)?;
     let (hf, wf) = out.grid;
     let batch = f.shape()[0];
     io::write_npy_f32(&a.out_y, &out.y.shape(), out.y.data())?;

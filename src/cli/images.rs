@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use contextual_attention::{flow, io, ContextualAttention, Output, Tensor};
+use contextual_attention::{flow, io, Output, Tensor};
 use image::imageops::FilterType;
 
 use super::{check_writable, CliResult, LayerArgs};
@@ -144,14 +144,6 @@ pub fn suffixed(path: &Path, n: usize) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn run_layer(layer: &ContextualAttention, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> CliResult<Output> {
-    eprintln!("running on {}", layer.describe_backend());
-    let (out, t) = super::timed(|| layer.forward(f, b, mask));
-    let out = out?;
-    eprintln!("layer: {:.1} ms", super::ms(t));
-    Ok(out)
-}
-
 /// `contextual-attention reconstruct`.
 pub fn reconstruct(a: ReconstructArgs) -> CliResult {
     check_writable(&a.out)?;
@@ -162,7 +154,7 @@ pub fn reconstruct(a: ReconstructArgs) -> CliResult {
     let r = layer.params().rate;
     let b = crop_to_multiple(&io::read_image_rgb(&a.source)?, r)?;
     let f = crop_to_multiple(&io::read_image_rgb(&a.target)?, r)?;
-    let out = run_layer(&layer, &f, &b, None)?;
+    let out = super::run_layer(&layer, &f, &b, None, &[])?;
     io::write_image(&a.out, &out.y)?;
     if let Some(p) = &a.flow {
         write_flow(p, &out, layer.params().stride, r)?;
@@ -193,7 +185,7 @@ pub fn fill(a: FillArgs) -> CliResult {
     let mask = Tensor::from_fn(mask.shape(), |_, y, x, _| (mask.at(0, y, x, 0) > 127.0) as u8 as f32);
     let (img, mask) = (crop_to_multiple(&img, r)?, crop_to_multiple(&mask, r)?);
     let coarse = diffuse_fill(&img, &mask);
-    let out = run_layer(&layer, &coarse, &coarse, Some(&mask))?;
+    let out = super::run_layer(&layer, &coarse, &coarse, Some(&mask), &[])?;
     io::write_image(&a.out, &composite(&img, &out.y, &mask))?;
     if let Some(p) = &a.coarse {
         io::write_image(p, &coarse)?;

@@ -157,6 +157,34 @@ pub fn progress(n: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// Runs the layer with a progress bar over its tiles (on a terminal), saying where it runs and
+/// how long it took on standard error.
+pub fn run_layer(
+    layer: &ContextualAttention,
+    f: &contextual_attention::Tensor,
+    b: &contextual_attention::Tensor,
+    mask: Option<&contextual_attention::Tensor>,
+    queries: &[(usize, usize)],
+) -> CliResult<contextual_attention::Output> {
+    eprintln!("running on {}", layer.describe_backend());
+    let bar = progress(0, "tiles");
+    bar.disable_steady_tick(); // drawn when the first tile is done, not before
+    let (out, t) = timed(|| {
+        if queries.is_empty() {
+            layer.forward_with_progress(f, b, mask, &mut |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })
+        } else {
+            layer.forward_inspect(f, b, mask, queries)
+        }
+    });
+    bar.finish_and_clear();
+    let out = out?;
+    eprintln!("layer: {:.1} ms{}", ms(t), out.gpu_time_ms.map_or(String::new(), |g| format!(" (GPU compute pass {g:.1} ms)")));
+    Ok(out)
+}
+
 /// `contextual-attention adapters`.
 pub fn adapters() -> CliResult {
     let adapters = list_adapters();

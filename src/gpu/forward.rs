@@ -170,7 +170,8 @@ pub(crate) struct Pending {
     geometry: Geometry,
     queries: Vec<(usize, usize)>,
     staging: wgpu::Buffer,
-    submission: wgpu::SubmissionIndex,
+    /// One submission per part of the call (tiles), the last one with the readback.
+    submissions: Vec<wgpu::SubmissionIndex>,
     receiver: futures_intrusive::channel::shared::OneshotReceiver<std::result::Result<(), wgpu::BufferAsyncError>>,
 }
 
@@ -225,8 +226,6 @@ pub(crate) fn submit(
         record_item(&mut rec, &call, &index, params, &g, &plan, n, mask.is_some())?;
     }
 
-    let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("contextual attention") });
-    encoder.clear_buffer(&bufs.y, 0, None);
     // GPU time of the pass from timestamp queries, where the device has them.
     let timestamps = gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY).then(|| {
         let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("pass time"), ty: wgpu::QueryType::Timestamp, count: 2 });
@@ -238,7 +237,8 @@ pub(crate) fn submit(
         });
         (set, resolve)
     });
-    rec.encode(&gpu.device, kernels, &mut encoder, timestamps.as_ref().map(|t| &t.0));
+    let mut parts = rec.encode(&gpu.device, kernels, timestamps.as_ref().map(|t| &t.0), |first| first.clear_buffer(&bufs.y, 0, None));
+    let mut encoder = parts.pop().expect("at least one part");
     // The readback buffer belongs to the call, so a call still being read back is never
     // overwritten by the next one.
     let nq_bytes = (g.batch * g.queries() * 4) as u64;
@@ -270,9 +270,10 @@ pub(crate) fn submit(
     encoder.map_buffer_on_submit(&staging, wgpu::MapMode::Read, .., move |r| {
         sender.send(r).ok();
     });
-    let submission = queue.submit([encoder.finish()]);
+    let mut submissions: Vec<wgpu::SubmissionIndex> = parts.into_iter().map(|e| queue.submit([e.finish()])).collect();
+    submissions.push(queue.submit([encoder.finish()]));
     let timestamp_at = timestamps.is_some().then_some(ts_at as usize);
-    Ok(Pending { geometry: g, queries: queries.to_vec(), staging, submission, receiver, timestamp_at })
+    Ok(Pending { geometry: g, queries: queries.to_vec(), staging, submissions, receiver, timestamp_at })
 }
 
 // Parameter blocks of each stage, shared by the forward pass and the single-stage runners.
@@ -489,13 +490,20 @@ fn record_tile(rec: &mut Recorder, call: &Call, params: &Params, g: &Geometry, t
     rec.gemm(Kernel::PasteGemm, &p, &[(1, attention), (2, &bufs.raw), (3, &bufs.cols)])?;
 
     let p = fold_params(g, tile.rows.clone(), n, params.overlap)?;
-    rec.linear(Kernel::Fold, &p, &[(1, &bufs.cols), (2, &bufs.y)], p.count as u64)
+    rec.linear(Kernel::Fold, &p, &[(1, &bufs.cols), (2, &bufs.y)], p.count as u64)?;
+    rec.split();
+    Ok(())
 }
 
 impl Pending {
-    /// Blocks until the results are mapped, then reads them.
-    pub(crate) fn wait(self, gpu: &Gpu) -> Result<Output> {
-        gpu.wait(self.submission.clone())?;
+    /// Blocks until the results are mapped, then reads them; `progress(done, total)` is told
+    /// after each submitted part has finished.
+    pub(crate) fn wait(self, gpu: &Gpu, progress: &mut dyn FnMut(usize, usize)) -> Result<Output> {
+        let total = self.submissions.len();
+        for (k, s) in self.submissions.iter().enumerate() {
+            gpu.wait(s.clone())?;
+            progress(k + 1, total);
+        }
         let mapped = pollster::block_on(self.receiver.receive());
         self.read(gpu, mapped)
     }
@@ -503,7 +511,7 @@ impl Pending {
     /// Awaits the mapping while a helper thread waits on the device.
     pub(crate) async fn wait_async(self, gpu: &Gpu) -> Result<Output> {
         let device = gpu.device.clone();
-        let submission = self.submission.clone();
+        let submission = self.submissions.last().expect("at least one submission").clone();
         std::thread::spawn(move || {
             let _ = device.poll(wgpu::PollType::Wait { submission_index: Some(submission), timeout: None });
         });

@@ -234,6 +234,8 @@ struct Op {
 /// Collects dispatches, then encodes them into one compute pass.
 pub(crate) struct Recorder {
     ops: Vec<Op>,
+    /// Op indices where a new submission starts.
+    breaks: Vec<usize>,
     uniforms: Vec<u8>,
     max_groups: u32,
 }
@@ -245,7 +247,7 @@ pub(crate) fn u32_of(name: &'static str, v: usize) -> Result<u32> {
 
 impl Recorder {
     pub(crate) fn new(device: &wgpu::Device) -> Recorder {
-        Recorder { ops: Vec::new(), uniforms: Vec::new(), max_groups: device.limits().max_compute_workgroups_per_dimension }
+        Recorder { ops: Vec::new(), breaks: Vec::new(), uniforms: Vec::new(), max_groups: device.limits().max_compute_workgroups_per_dimension }
     }
 
     /// A dispatch of `groups` workgroups; `buffers` are (binding, buffer), binding 0 being the parameters.
@@ -295,11 +297,31 @@ impl Recorder {
         Ok(())
     }
 
-    /// Encodes every recorded dispatch, in order, into one compute pass.
-    /// `timestamps`, if given, records the start and end of the pass in queries 0 and 1.
-    pub(crate) fn encode(self, device: &wgpu::Device, kernels: &Kernels, encoder: &mut wgpu::CommandEncoder, timestamps: Option<&wgpu::QuerySet>) {
+    /// Ends the current submission here: the dispatches recorded next go into a new command
+    /// buffer. Long calls are split at tile boundaries, so that no single submission runs for
+    /// long (operating systems reset GPUs that stay busy for seconds) and progress can be told.
+    pub(crate) fn split(&mut self) {
+        if self.breaks.last() != Some(&self.ops.len()) {
+            self.breaks.push(self.ops.len());
+        }
+    }
+
+    /// Encodes the recorded dispatches, in order, one compute pass per submission part, and
+    /// returns one encoder per part. `prelude` is recorded first in the first part;
+    /// `timestamps`, if given, records the start of the first pass and the end of the last one
+    /// in queries 0 and 1.
+    pub(crate) fn encode(
+        self,
+        device: &wgpu::Device,
+        kernels: &Kernels,
+        timestamps: Option<&wgpu::QuerySet>,
+        prelude: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> Vec<wgpu::CommandEncoder> {
+        let new_encoder = || device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("contextual attention") });
+        let mut first = new_encoder();
+        prelude(&mut first);
         if self.ops.is_empty() {
-            return;
+            return vec![first];
         }
         let uniforms = wgpu::util::DeviceExt::create_buffer_init(
             device,
@@ -333,22 +355,39 @@ impl Recorder {
                 })
             })
             .collect();
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("contextual attention"),
-            timestamp_writes: timestamps.map(|query_set| wgpu::ComputePassTimestampWrites {
-                query_set,
-                beginning_of_pass_write_index: Some(0),
-                end_of_pass_write_index: Some(1),
-            }),
-        });
-        for (op, bg) in self.ops.iter().zip(&bind_groups) {
-            if op.groups.0 == 0 || op.groups.1 == 0 {
-                continue;
+        // Part boundaries: 0, the splits strictly inside, the end.
+        let mut bounds = vec![0];
+        bounds.extend(self.breaks.iter().copied().filter(|&b| b > 0 && b < self.ops.len()));
+        bounds.push(self.ops.len());
+        let parts = bounds.len() - 1;
+        let mut encoders = Vec::with_capacity(parts);
+        let mut first = Some(first);
+        for (k, w) in bounds.windows(2).enumerate() {
+            let mut encoder = first.take().unwrap_or_else(new_encoder);
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("contextual attention"),
+                    timestamp_writes: timestamps.and_then(|query_set| {
+                        let (begin, end) = ((k == 0).then_some(0), (k + 1 == parts).then_some(1));
+                        (begin.is_some() || end.is_some()).then_some(wgpu::ComputePassTimestampWrites {
+                            query_set,
+                            beginning_of_pass_write_index: begin,
+                            end_of_pass_write_index: end,
+                        })
+                    }),
+                });
+                for (op, bg) in self.ops[w[0]..w[1]].iter().zip(&bind_groups[w[0]..w[1]]) {
+                    if op.groups.0 == 0 || op.groups.1 == 0 {
+                        continue;
+                    }
+                    pass.set_pipeline(kernels.pipeline(op.kernel));
+                    pass.set_bind_group(0, bg, &[]);
+                    pass.dispatch_workgroups(op.groups.0, op.groups.1, 1);
+                }
             }
-            pass.set_pipeline(kernels.pipeline(op.kernel));
-            pass.set_bind_group(0, bg, &[]);
-            pass.dispatch_workgroups(op.groups.0, op.groups.1, 1);
+            encoders.push(encoder);
         }
+        encoders
     }
 }
 

@@ -44,8 +44,7 @@ impl Stages {
     /// Submits the recorded dispatches and reads back `outputs` (lengths in elements).
     fn run(&self, rec: Recorder, outputs: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<u32>>> {
         let device = &self.gpu.device;
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("stage") });
-        rec.encode(device, &self.kernels, &mut encoder, None);
+        let mut encoder = rec.encode(device, &self.kernels, None, |_| {}).pop().expect("one part");
         let total: usize = outputs.iter().map(|(_, n)| n.max(&1)).sum();
         let staging = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("stage readback"),
