@@ -5,7 +5,7 @@
 //! Metal or DX12 GPU, with the original TensorFlow layer's numbers: align-corners nearest
 //! downscaling with its f32 rounding, b-only patch normalisation, the wrap-around fuse, 0-logit
 //! masking and the constant division by 4 of the paste. Every GPU stage has a CPU twin in
-//! [`reference`], which is also a backend of its own.
+//! [`mod@reference`], which is also a backend of its own.
 //!
 //! Queries are processed in tiles of whole rows under a memory budget, so the score matrix
 //! (which grows with the square of the image area) never has to fit in memory at once.
