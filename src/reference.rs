@@ -137,20 +137,38 @@ pub fn query_patches(fp: &[f64], g: &Geometry, rows: &[usize]) -> Vec<f64> {
 /// `a [m, k] · b [n, k]ᵀ → [m, n]`: the matching scores as a GEMM (SPEC §2.7).
 pub fn gemm_nt(a: &[f64], b: &[f64], m: usize, n: usize, k: usize) -> Vec<f64> {
     let mut out = vec![0.0; m * n];
-    for i in 0..m {
+    for_each_row(&mut out, n, |i, oi| {
         let ai = &a[i * k..(i + 1) * k];
-        for j in 0..n {
-            out[i * n + j] = ai.iter().zip(&b[j * k..(j + 1) * k]).map(|(x, y)| x * y).sum();
+        for (j, o) in oi.iter_mut().enumerate() {
+            *o = ai.iter().zip(&b[j * k..(j + 1) * k]).map(|(x, y)| x * y).sum();
         }
-    }
+    });
     out
+}
+
+/// Calls `f(row index, row)` for every `row_len`-long row of `out`, rows split over the
+/// machine's cores. Each row is computed by one thread in the same order as a plain loop
+/// would, so the result does not depend on the number of threads.
+fn for_each_row(out: &mut [f64], row_len: usize, f: impl Fn(usize, &mut [f64]) + Sync) {
+    let rows = out.len() / row_len.max(1);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(rows).max(1);
+    if threads == 1 || out.len() < 1 << 14 {
+        out.chunks_mut(row_len.max(1)).enumerate().for_each(|(i, r)| f(i, r));
+        return;
+    }
+    let per = rows.div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (t, chunk) in out.chunks_mut(per * row_len).enumerate() {
+            let f = &f;
+            scope.spawn(move || chunk.chunks_mut(row_len).enumerate().for_each(|(i, r)| f(t * per + i, r)));
+        }
+    });
 }
 
 /// `a [m, k] · b [k, n] → [m, n]`: attention × raw patches, the paste as a GEMM.
 pub fn gemm_nn(a: &[f64], b: &[f64], m: usize, n: usize, k: usize) -> Vec<f64> {
     let mut out = vec![0.0; m * n];
-    for i in 0..m {
-        let oi = &mut out[i * n..(i + 1) * n];
+    for_each_row(&mut out, n, |i, oi| {
         for t in 0..k {
             let x = a[i * k + t];
             if x != 0.0 {
@@ -159,7 +177,7 @@ pub fn gemm_nn(a: &[f64], b: &[f64], m: usize, n: usize, k: usize) -> Vec<f64> {
                 }
             }
         }
-    }
+    });
     out
 }
 
@@ -171,25 +189,25 @@ pub fn fuse_pass(input: &[f64], in_slots: &[u32], out_rows: &[usize], g: &Geomet
     let fuse = g.fuse.expect("fuse_pass without fuse");
     let l = g.patches();
     let mut out = vec![0.0; out_rows.len() * g.wf * l];
-    for (o, &i) in out_rows.iter().enumerate() {
-        for j in 0..g.wf {
-            for u in 0..g.ph {
-                for v in 0..g.pw {
-                    let mut sum = 0.0;
-                    for d in fuse.offsets() {
-                        let q = Geometry::fuse_step(fuse.mode, pass, g.hf, g.wf, i, j, d);
-                        let p = Geometry::fuse_step(fuse.mode, pass, g.ph, g.pw, u, v, d);
-                        if let (Some((qi, qj)), Some((pu, pv))) = (q, p) {
-                            let slot = in_slots[qi];
-                            assert!(slot != u32::MAX, "fuse pass reads row {qi} that the tile did not compute");
-                            sum += input[(slot as usize * g.wf + qj) * l + pu * g.pw + pv];
-                        }
+    // One output row per query (o, j).
+    for_each_row(&mut out, l, |q, row| {
+        let (i, j) = (out_rows[q / g.wf], q % g.wf);
+        for u in 0..g.ph {
+            for v in 0..g.pw {
+                let mut sum = 0.0;
+                for d in fuse.offsets() {
+                    let qs = Geometry::fuse_step(fuse.mode, pass, g.hf, g.wf, i, j, d);
+                    let ps = Geometry::fuse_step(fuse.mode, pass, g.ph, g.pw, u, v, d);
+                    if let (Some((qi, qj)), Some((pu, pv))) = (qs, ps) {
+                        let slot = in_slots[qi];
+                        assert!(slot != u32::MAX, "fuse pass reads row {qi} that the tile did not compute");
+                        sum += input[(slot as usize * g.wf + qj) * l + pu * g.pw + pv];
                     }
-                    out[(o * g.wf + j) * l + u * g.pw + v] = sum;
                 }
+                row[u * g.pw + v] = sum;
             }
         }
-    }
+    });
     out
 }
 

@@ -124,7 +124,7 @@ pub fn run(a: BenchArgs) -> CliResult {
                 case: case.name,
                 size: case.size_label(),
                 backend: "cpu",
-                adapter: "CPU twin (f64, one thread)".into(),
+                adapter: format!("CPU twin (f64, {} threads)", std::thread::available_parallelism().map_or(1, |n| n.get())),
                 median_ms: c,
                 pass_ms: None,
                 gflops: gflop / (c / 1e3),
