@@ -8,7 +8,8 @@ use contextual_attention::bench::standard_cases;
 use contextual_attention::{ContextualAttention, Geometry, Gpu};
 
 fn layer(c: &mut Criterion) {
-    let gpu = Gpu::new().expect("a wgpu adapter (or a software Vulkan: apt-get install mesa-vulkan-drivers libvulkan1)");
+    let gpu =
+        Gpu::new().expect("a wgpu adapter (or a software Vulkan: apt-get install mesa-vulkan-drivers libvulkan1)");
     eprintln!("adapter: {}", gpu.describe());
     let skip_cpu = std::env::var("CA_BENCH_NO_CPU").as_deref() == Ok("1");
     let mut group = c.benchmark_group("contextual_attention");

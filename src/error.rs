@@ -71,7 +71,9 @@ pub enum Error {
     },
 
     /// A dispatch would exceed the device's workgroup-count limit even after folding.
-    #[error("dispatch `{kernel}` needs {groups} workgroups, more than the device allows ({limit}²); use smaller inputs")]
+    #[error(
+        "dispatch `{kernel}` needs {groups} workgroups, more than the device allows ({limit}²); use smaller inputs"
+    )]
     DispatchTooLarge {
         /// The kernel.
         kernel: &'static str,
@@ -130,10 +132,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn param(name: &'static str, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
-        Error::InvalidParam { name, value: value.to_string(), reason: reason.into() }
+        Error::InvalidParam {
+            name,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
     }
 
     pub(crate) fn shape(tensor: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Shape { tensor: tensor.into(), reason: reason.into() }
+        Error::Shape {
+            tensor: tensor.into(),
+            reason: reason.into(),
+        }
     }
 }

@@ -18,7 +18,11 @@ pub fn same_padding(n: usize, k: usize, s: usize) -> (usize, usize, usize) {
 /// to `output`: `min(roundf(o · f32(in−1)/f32(out−1)), in−1)`, all in f32, halves away from
 /// zero (SPEC §2.5). Not "every r-th pixel": 6 → 3 gives [0, 3, 5].
 pub fn nn_indices(input: usize, output: usize) -> Vec<u32> {
-    let scale = if output > 1 { (input as f32 - 1.0) / (output as f32 - 1.0) } else { input as f32 / output as f32 };
+    let scale = if output > 1 {
+        (input as f32 - 1.0) / (output as f32 - 1.0)
+    } else {
+        input as f32 / output as f32
+    };
     (0..output)
         .map(|o| {
             let src = (o as f32 * scale).round() as usize; // f32::round: half away from zero
@@ -123,21 +127,37 @@ impl Geometry {
         if f[0] != b[0] {
             return Err(Error::shape(
                 "b",
-                format!("batch {} of b differs from batch {} of f; f and b must have the same batch size", b[0], f[0]),
+                format!(
+                    "batch {} of b differs from batch {} of f; f and b must have the same batch size",
+                    b[0], f[0]
+                ),
             ));
         }
         if f[3] != b[3] {
             return Err(Error::shape(
                 "b",
-                format!("b has {} channels but f has {}; both must have the same number of channels", b[3], f[3]),
+                format!(
+                    "b has {} channels but f has {}; both must have the same number of channels",
+                    b[3], f[3]
+                ),
             ));
         }
         for (name, t) in [("f", f), ("b", b)] {
             if t[1] % r != 0 {
-                return Err(Error::NotDivisible { tensor: name, dim: "height", size: t[1], rate: r });
+                return Err(Error::NotDivisible {
+                    tensor: name,
+                    dim: "height",
+                    size: t[1],
+                    rate: r,
+                });
             }
             if t[2] % r != 0 {
-                return Err(Error::NotDivisible { tensor: name, dim: "width", size: t[2], rate: r });
+                return Err(Error::NotDivisible {
+                    tensor: name,
+                    dim: "width",
+                    size: t[2],
+                    rate: r,
+                });
             }
         }
         let mask_batch = match mask {
@@ -146,7 +166,10 @@ impl Geometry {
                 if m[0] != 1 && m[0] != b[0] {
                     return Err(Error::shape(
                         "mask",
-                        format!("mask batch is {} but must be 1 (shared by the batch) or {} (one per sample)", m[0], b[0]),
+                        format!(
+                            "mask batch is {} but must be 1 (shared by the batch) or {} (one per sample)",
+                            m[0], b[0]
+                        ),
                     ));
                 }
                 if m[1] != b[1] || m[2] != b[2] {
@@ -159,7 +182,10 @@ impl Geometry {
                     ));
                 }
                 if m[3] != 1 {
-                    return Err(Error::shape("mask", format!("mask has {} channels; it must have 1 (1 = hole)", m[3])));
+                    return Err(Error::shape(
+                        "mask",
+                        format!("mask has {} channels; it must have 1 (1 = hole)", m[3]),
+                    ));
                 }
                 m[0]
             }
@@ -190,7 +216,11 @@ impl Geometry {
             f_cols: nn_indices(f[2], wf),
             b_rows: nn_indices(b[1], hb),
             b_cols: nn_indices(b[2], wb),
-            fuse: params.fuse.then(|| Fuse { k: params.fuse_k, p: (params.fuse_k - 1) / 2, mode: params.fuse_mode }),
+            fuse: params.fuse.then(|| Fuse {
+                k: params.fuse_k,
+                p: (params.fuse_k - 1) / 2,
+                mode: params.fuse_mode,
+            }),
             mask_batch,
         };
         Ok(geometry)
@@ -220,7 +250,11 @@ impl Geometry {
     /// likewise for a column: the i with 0 ≤ y − r·i + pad < K, clipped to `0..n`.
     pub fn covering(y: usize, n: usize, rate: usize, pad: usize, kernel: usize) -> std::ops::Range<usize> {
         let t = y + pad; // 0 ≤ t − r·i < K  ⇔  (t−K)/r < i ≤ t/r
-        let lo = if t + 1 > kernel { (t + 1 - kernel).div_ceil(rate) } else { 0 };
+        let lo = if t + 1 > kernel {
+            (t + 1 - kernel).div_ceil(rate)
+        } else {
+            0
+        };
         let hi = (t / rate + 1).min(n);
         lo.min(hi)..hi
     }
@@ -228,9 +262,7 @@ impl Geometry {
     /// The per-pixel divisor of the paste (SPEC §2.11, §E): the constant (K/r)², or the coverage count.
     pub fn overlap_divisor(&self, overlap: Overlap, y: usize, x: usize) -> f32 {
         match overlap {
-            Overlap::Quarter => {
-                (self.paste_kernel * self.paste_kernel) as f32 / (self.rate * self.rate) as f32
-            }
+            Overlap::Quarter => (self.paste_kernel * self.paste_kernel) as f32 / (self.rate * self.rate) as f32,
             Overlap::Exact => {
                 let rows = Self::covering(y, self.hf, self.rate, self.paste_pad.0, self.paste_kernel).len();
                 let cols = Self::covering(x, self.wf, self.rate, self.paste_pad.1, self.paste_kernel).len();
@@ -242,7 +274,15 @@ impl Geometry {
     /// One fuse step from position `(i, j)` of an `h×w` grid by `d` (SPEC §2.8): `None` when it
     /// leaves the grid. Wrap mode steps in the flat index (row-major for [`FusePass::Rows`],
     /// column-major for [`FusePass::Cols`]); spatial mode steps in 2-D with zero padding.
-    pub fn fuse_step(mode: FuseMode, pass: FusePass, h: usize, w: usize, i: usize, j: usize, d: isize) -> Option<(usize, usize)> {
+    pub fn fuse_step(
+        mode: FuseMode,
+        pass: FusePass,
+        h: usize,
+        w: usize,
+        i: usize,
+        j: usize,
+        d: isize,
+    ) -> Option<(usize, usize)> {
         let (h, w, i, j) = (h as isize, w as isize, i as isize, j as isize);
         let (ni, nj) = match (mode, pass) {
             (FuseMode::Wrap, FusePass::Rows) => {
@@ -284,7 +324,10 @@ impl Geometry {
                 return Err(Error::param(
                     "queries",
                     format!("({i},{j})"),
-                    format!("outside the {}×{} query grid (f downscaled by the rate); rows 0..{}, columns 0..{}", self.hf, self.wf, self.hf, self.wf),
+                    format!(
+                        "outside the {}×{} query grid (f downscaled by the rate); rows 0..{}, columns 0..{}",
+                        self.hf, self.wf, self.hf, self.wf
+                    ),
                 ));
             }
         }

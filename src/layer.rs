@@ -40,15 +40,45 @@ pub struct Output {
 
 impl PartialEq for Output {
     fn eq(&self, o: &Self) -> bool {
-        (&self.y, &self.argmax, &self.offsets, &self.mass, self.grid, self.patch_grid, &self.queries, &self.attention_rows)
-            == (&o.y, &o.argmax, &o.offsets, &o.mass, o.grid, o.patch_grid, &o.queries, &o.attention_rows)
+        (
+            &self.y,
+            &self.argmax,
+            &self.offsets,
+            &self.mass,
+            self.grid,
+            self.patch_grid,
+            &self.queries,
+            &self.attention_rows,
+        ) == (
+            &o.y,
+            &o.argmax,
+            &o.offsets,
+            &o.mass,
+            o.grid,
+            o.patch_grid,
+            &o.queries,
+            &o.attention_rows,
+        )
     }
 }
 
 impl Output {
     pub(crate) fn new(g: &Geometry, y: Tensor, argmax: Vec<u32>, mass: Vec<f32>) -> Output {
-        let offsets = argmax.iter().flat_map(|&a| [(a as usize / g.pw) as i32, (a as usize % g.pw) as i32]).collect();
-        Output { y, argmax, offsets, mass, grid: (g.hf, g.wf), patch_grid: (g.ph, g.pw), queries: Vec::new(), attention_rows: Vec::new(), gpu_time_ms: None }
+        let offsets = argmax
+            .iter()
+            .flat_map(|&a| [(a as usize / g.pw) as i32, (a as usize % g.pw) as i32])
+            .collect();
+        Output {
+            y,
+            argmax,
+            offsets,
+            mass,
+            grid: (g.hf, g.wf),
+            patch_grid: (g.ph, g.pw),
+            queries: Vec::new(),
+            attention_rows: Vec::new(),
+            gpu_time_ms: None,
+        }
     }
 }
 
@@ -102,7 +132,12 @@ impl ContextualAttention {
             Backend::Gpu(gpu) => Some(gpu.kernels()?),
             Backend::Cpu => None,
         };
-        Ok(ContextualAttention { params, backend, kernels, workspace: Mutex::new(None) })
+        Ok(ContextualAttention {
+            params,
+            backend,
+            kernels,
+            workspace: Mutex::new(None),
+        })
     }
 
     /// The parameters.
@@ -147,7 +182,13 @@ impl ContextualAttention {
 
     /// [`forward`](Self::forward), also returning the attention rows of the queries (i, j) of
     /// the hf×wf query grid in [`Output::attention_rows`] (for every batch item).
-    pub fn forward_inspect(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>, queries: &[(usize, usize)]) -> Result<Output> {
+    pub fn forward_inspect(
+        &self,
+        f: &Tensor,
+        b: &Tensor,
+        mask: Option<&Tensor>,
+        queries: &[(usize, usize)],
+    ) -> Result<Output> {
         self.run(f, b, mask, queries, None, &mut |_, _| {})
     }
 
@@ -163,7 +204,13 @@ impl ContextualAttention {
 
     /// Runs the layer in tiles of `rows_per_tile` query rows, whatever the memory budget says
     /// (for tests and experiments with tilings; the result does not depend on the tiling).
-    pub fn forward_with_tile_rows(&self, rows_per_tile: usize, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Output> {
+    pub fn forward_with_tile_rows(
+        &self,
+        rows_per_tile: usize,
+        f: &Tensor,
+        b: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Output> {
         self.run(f, b, mask, &[], Some(rows_per_tile), &mut |_, _| {})
     }
 
@@ -173,7 +220,13 @@ impl ContextualAttention {
     }
 
     /// Checks the shapes and plans the tiles: under the memory budget, or `rows_per_tile` rows.
-    fn prepare(&self, f: [usize; 4], b: [usize; 4], mask: Option<[usize; 4]>, rows_per_tile: Option<usize>) -> Result<(Geometry, Plan)> {
+    fn prepare(
+        &self,
+        f: [usize; 4],
+        b: [usize; 4],
+        mask: Option<[usize; 4]>,
+        rows_per_tile: Option<usize>,
+    ) -> Result<(Geometry, Plan)> {
         let g = Geometry::new(&self.params, f, b, mask)?;
         let plan = match (rows_per_tile, &self.backend) {
             (Some(rows), _) => Plan::with_rows(&g, rows),
@@ -202,7 +255,7 @@ impl ContextualAttention {
     ) -> Result<forward::Pending> {
         let (g, plan) = self.prepare(f.shape(), b.shape(), mask.map(|m| m.shape()), rows_per_tile)?;
         let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
-        forward::submit(gpu, self.kernels(), &mut ws, &self.params, g, plan, f, b, mask, queries)
+        gpu.checked(|| forward::submit(gpu, self.kernels(), &mut ws, &self.params, g, plan, f, b, mask, queries))
     }
 
     fn run(
@@ -219,7 +272,9 @@ impl ContextualAttention {
                 let (g, plan) = self.prepare(f.shape(), b.shape(), mask.map(|m| m.shape()), rows_per_tile)?;
                 reference::forward(&self.params, &g, &plan, f, b, mask, queries, progress)
             }
-            Backend::Gpu(gpu) => self.submit(gpu, f, b, mask, queries, rows_per_tile)?.wait(gpu, progress),
+            Backend::Gpu(gpu) => self
+                .submit(gpu, f, b, mask, queries, rows_per_tile)?
+                .wait(gpu, progress),
         }
     }
 

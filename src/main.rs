@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "contextual-attention", version, about = "Contextual attention (Yu et al. 2018) on wgpu: demo, tensors in and out, benchmark")]
+#[command(
+    name = "contextual-attention",
+    version,
+    about = "Contextual attention (Yu et al. 2018) on wgpu: demo, tensors in and out, benchmark"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -109,19 +109,35 @@ impl Params {
     /// Checks the parameters on their own (shapes are checked by [`crate::Geometry::new`]).
     pub fn validate(&self) -> Result<()> {
         if self.ksize == 0 {
-            return Err(Error::param("ksize", self.ksize, "must be at least 1 (the original uses 3)"));
+            return Err(Error::param(
+                "ksize",
+                self.ksize,
+                "must be at least 1 (the original uses 3)",
+            ));
         }
         if self.stride == 0 {
-            return Err(Error::param("stride", self.stride, "must be at least 1 (the original uses 1)"));
+            return Err(Error::param(
+                "stride",
+                self.stride,
+                "must be at least 1 (the original uses 1)",
+            ));
         }
         if self.rate == 0 {
             return Err(Error::param("rate", self.rate, "must be at least 1 (the models use 2)"));
         }
         if self.fuse && self.fuse_k == 0 {
-            return Err(Error::param("fuse_k", self.fuse_k, "must be at least 1 when fuse is on (the original uses 3)"));
+            return Err(Error::param(
+                "fuse_k",
+                self.fuse_k,
+                "must be at least 1 when fuse is on (the original uses 3)",
+            ));
         }
         if !self.softmax_scale.is_finite() {
-            return Err(Error::param("softmax_scale", self.softmax_scale, "must be a finite number (the original uses 10)"));
+            return Err(Error::param(
+                "softmax_scale",
+                self.softmax_scale,
+                "must be a finite number (the original uses 10)",
+            ));
         }
         let k = self.paste_kernel();
         if k < self.rate {

@@ -30,7 +30,10 @@ impl Tensor {
 
     /// A tensor of zeros.
     pub fn zeros(shape: [usize; 4]) -> Self {
-        Tensor { shape, data: vec![0.0; shape.iter().product()] }
+        Tensor {
+            shape,
+            data: vec![0.0; shape.iter().product()],
+        }
     }
 
     /// A tensor whose element `(n, y, x, c)` is `f(n, y, x, c)`.
@@ -83,7 +86,10 @@ impl Tensor {
     /// Batch item `n` as its own `[1, H, W, C]` tensor.
     pub fn item(&self, n: usize) -> Tensor {
         let per: usize = self.shape[1] * self.shape[2] * self.shape[3];
-        Tensor { shape: [1, self.shape[1], self.shape[2], self.shape[3]], data: self.data[n * per..(n + 1) * per].to_vec() }
+        Tensor {
+            shape: [1, self.shape[1], self.shape[2], self.shape[3]],
+            data: self.data[n * per..(n + 1) * per].to_vec(),
+        }
     }
 
     /// The largest absolute element-wise difference to `other` (NaN counts as infinite).

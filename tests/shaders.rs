@@ -10,7 +10,13 @@ fn every_shader_validates_with_naga() {
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
             .validate(&module)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
-        assert!(module.entry_points.iter().all(|e| e.stage == naga::ShaderStage::Compute), "{name}: only compute entry points");
+        assert!(
+            module
+                .entry_points
+                .iter()
+                .all(|e| e.stage == naga::ShaderStage::Compute),
+            "{name}: only compute entry points"
+        );
         assert!(!module.entry_points.is_empty(), "{name}: no entry point");
     }
 }

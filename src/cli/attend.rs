@@ -49,7 +49,10 @@ fn parse_queries(s: &str) -> CliResult<Vec<(usize, usize)>> {
             let mut it = p.split(',').map(|v| v.trim().parse::<usize>());
             match (it.next(), it.next(), it.next()) {
                 (Some(Ok(i)), Some(Ok(j)), None) => Ok((i, j)),
-                _ => Err(format!("--queries: cannot read {p:?}; write queries as \"i,j;i,j\" with non-negative integers").into()),
+                _ => Err(format!(
+                    "--queries: cannot read {p:?}; write queries as \"i,j;i,j\" with non-negative integers"
+                )
+                .into()),
             }
         })
         .collect()
@@ -57,9 +60,15 @@ fn parse_queries(s: &str) -> CliResult<Vec<(usize, usize)>> {
 
 /// `contextual-attention attend`.
 pub fn run(a: AttendArgs) -> CliResult {
-    for p in [Some(&a.out_y), a.out_offsets.as_ref(), a.out_mass.as_ref(), a.out_flow.as_ref(), a.out_attention.as_ref()]
-        .into_iter()
-        .flatten()
+    for p in [
+        Some(&a.out_y),
+        a.out_offsets.as_ref(),
+        a.out_mass.as_ref(),
+        a.out_flow.as_ref(),
+        a.out_attention.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
     {
         check_writable(p)?;
     }
@@ -68,7 +77,12 @@ pub fn run(a: AttendArgs) -> CliResult {
     let b = io::read_tensor_npy(&a.b, "b")?;
     let mask = a.mask.as_ref().map(|m| io::read_tensor_npy(m, "mask")).transpose()?;
     // Shapes are checked before the GPU is touched.
-    let g = contextual_attention::Geometry::new(&a.layer.params(1), f.shape(), b.shape(), mask.as_ref().map(|m| m.shape()))?;
+    let g = contextual_attention::Geometry::new(
+        &a.layer.params(1),
+        f.shape(),
+        b.shape(),
+        mask.as_ref().map(|m| m.shape()),
+    )?;
     g.check_queries(&queries)?;
     let layer = a.layer.layer(1)?;
     let out = super::run_layer(&layer, &f, &b, mask.as_ref(), &queries)?;

@@ -48,7 +48,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Median wall time in ms over `repeats` runs after `warmup` runs, the median time of the
 /// compute pass (timestamp queries, where the device has them), and the last run's output.
-fn measure(layer: &ContextualAttention, case: &BenchCase, warmup: usize, repeats: usize) -> CliResult<(f64, Option<f64>, Tensor)> {
+fn measure(
+    layer: &ContextualAttention,
+    case: &BenchCase,
+    warmup: usize,
+    repeats: usize,
+) -> CliResult<(f64, Option<f64>, Tensor)> {
     let (x, mask) = case.inputs();
     for _ in 0..warmup {
         layer.forward(&x, &x, mask.as_ref())?;
@@ -124,7 +129,10 @@ pub fn run(a: BenchArgs) -> CliResult {
                 case: case.name,
                 size: case.size_label(),
                 backend: "cpu",
-                adapter: format!("CPU twin (f64, {} threads)", std::thread::available_parallelism().map_or(1, |n| n.get())),
+                adapter: format!(
+                    "CPU twin (f64, {} threads)",
+                    std::thread::available_parallelism().map_or(1, |n| n.get())
+                ),
                 median_ms: c,
                 pass_ms: None,
                 gflops: gflop / (c / 1e3),
@@ -154,7 +162,10 @@ pub fn run(a: BenchArgs) -> CliResult {
             .collect();
         println!("[{}]", items.join(","));
     } else {
-        println!("adapter: {adapter}; {} timed run(s) per row, {} warm-up", repeats, warmup);
+        println!(
+            "adapter: {adapter}; {} timed run(s) per row, {} warm-up",
+            repeats, warmup
+        );
         println!("| case | size | backend | median ms | GPU pass ms | GFLOP/s | GPU speed-up | max abs err vs twin |");
         println!("|---|---|---|---:|---:|---:|---:|---:|");
         for r in &rows {

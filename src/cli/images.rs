@@ -54,10 +54,12 @@ pub fn resize(t: &Tensor, h: usize, w: usize) -> Tensor {
     // The image crate clamps f32 pixels to 0..1, so resize in that range.
     let unit: Vec<f32> = t.data().iter().map(|v| v / 255.0).collect();
     let data = if c == 3 {
-        let img = image::ImageBuffer::<image::Rgb<f32>, Vec<f32>>::from_raw(tw as u32, th as u32, unit).expect("sizes agree");
+        let img =
+            image::ImageBuffer::<image::Rgb<f32>, Vec<f32>>::from_raw(tw as u32, th as u32, unit).expect("sizes agree");
         image::imageops::resize(&img, w32, h32, FilterType::CatmullRom).into_raw()
     } else {
-        let img = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(tw as u32, th as u32, unit).expect("sizes agree");
+        let img = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(tw as u32, th as u32, unit)
+            .expect("sizes agree");
         image::imageops::resize(&img, w32, h32, FilterType::CatmullRom).into_raw()
     };
     Tensor::new([1, h, w, c], data.into_iter().map(|v| v * 255.0).collect()).expect("sizes agree")
@@ -83,9 +85,18 @@ pub fn crop_to_multiple(t: &Tensor, m: usize) -> CliResult<Tensor> {
 pub fn diffuse_fill(img: &Tensor, mask: &Tensor) -> Tensor {
     let [_, h, w, c] = img.shape();
     let hole = |y: usize, x: usize| mask.at(0, y, x, 0) > 0.5;
-    let known: Vec<f64> = (0..h * w).filter(|&i| !hole(i / w, i % w)).flat_map(|i| (0..c).map(move |ch| (i, ch))).map(|(i, ch)| img.at(0, i / w, i % w, ch) as f64).collect();
+    let known: Vec<f64> = (0..h * w)
+        .filter(|&i| !hole(i / w, i % w))
+        .flat_map(|i| (0..c).map(move |ch| (i, ch)))
+        .map(|(i, ch)| img.at(0, i / w, i % w, ch) as f64)
+        .collect();
     let mean = known.iter().sum::<f64>() / known.len().max(1) as f64;
-    let mut cur: Vec<f64> = img.data().iter().enumerate().map(|(i, &v)| if hole(i / c / w, i / c % w) { mean } else { v as f64 }).collect();
+    let mut cur: Vec<f64> = img
+        .data()
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| if hole(i / c / w, i / c % w) { mean } else { v as f64 })
+        .collect();
     let iterations = 4 * h.max(w);
     for _ in 0..iterations {
         let prev = cur.clone();
@@ -114,12 +125,24 @@ pub fn diffuse_fill(img: &Tensor, mask: &Tensor) -> Tensor {
 
 /// `y` inside the hole, `img` outside.
 pub fn composite(img: &Tensor, y: &Tensor, mask: &Tensor) -> Tensor {
-    Tensor::from_fn(img.shape(), |_, yy, x, c| if mask.at(0, yy, x, 0) > 0.5 { y.at(0, yy, x, c) } else { img.at(0, yy, x, c) })
+    Tensor::from_fn(img.shape(), |_, yy, x, c| {
+        if mask.at(0, yy, x, 0) > 0.5 {
+            y.at(0, yy, x, c)
+        } else {
+            img.at(0, yy, x, c)
+        }
+    })
 }
 
 /// `img` with the hole painted white.
 pub fn with_hole(img: &Tensor, mask: &Tensor) -> Tensor {
-    Tensor::from_fn(img.shape(), |_, y, x, c| if mask.at(0, y, x, 0) > 0.5 { 255.0 } else { img.at(0, y, x, c) })
+    Tensor::from_fn(img.shape(), |_, y, x, c| {
+        if mask.at(0, y, x, 0) > 0.5 {
+            255.0
+        } else {
+            img.at(0, y, x, c)
+        }
+    })
 }
 
 /// Writes the flow image(s) of `out` to `path` (one per batch item: `_0`, `_1`, … when B > 1).
@@ -128,7 +151,11 @@ pub fn write_flow(path: &Path, out: &Output, stride: usize, rate: usize) -> CliR
     let batch = out.y.shape()[0];
     let images = flow::flow_image(&out.offsets, batch, hf, wf, stride, rate);
     for (n, rgb) in images.iter().enumerate() {
-        let p = if batch > 1 { suffixed(path, n) } else { path.to_path_buf() };
+        let p = if batch > 1 {
+            suffixed(path, n)
+        } else {
+            path.to_path_buf()
+        };
         io::write_rgb8(&p, (wf * rate) as u32, (hf * rate) as u32, rgb)?;
     }
     Ok(())
@@ -136,7 +163,10 @@ pub fn write_flow(path: &Path, out: &Output, stride: usize, rate: usize) -> CliR
 
 /// `dir/name_N.ext` for `dir/name.ext`.
 pub fn suffixed(path: &Path, n: usize) -> PathBuf {
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let name = match path.extension() {
         Some(ext) => format!("{stem}_{n}.{}", ext.to_string_lossy()),
         None => format!("{stem}_{n}"),

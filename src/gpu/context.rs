@@ -27,7 +27,9 @@ impl std::fmt::Debug for Gpu {
 }
 
 /// The backends tried when `WGPU_BACKEND` is not set: the native ones this crate targets.
-const NATIVE: wgpu::Backends = wgpu::Backends::VULKAN.union(wgpu::Backends::METAL).union(wgpu::Backends::DX12);
+const NATIVE: wgpu::Backends = wgpu::Backends::VULKAN
+    .union(wgpu::Backends::METAL)
+    .union(wgpu::Backends::DX12);
 
 fn instance() -> wgpu::Instance {
     wgpu::Instance::new(wgpu::InstanceDescriptor {
@@ -59,7 +61,11 @@ pub fn describe_adapter(info: &wgpu::AdapterInfo) -> String {
         info.name,
         info.backend,
         info.device_type,
-        if driver.is_empty() { String::new() } else { format!(", {driver}") }
+        if driver.is_empty() {
+            String::new()
+        } else {
+            format!(", {driver}")
+        }
     )
 }
 
@@ -80,15 +86,23 @@ impl Gpu {
         let adapter = if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
             // wgpu's own helper panics when nothing matches; a message is more useful.
             let wanted = name.to_lowercase();
-            let adapters = instance.enumerate_adapters(wgpu::Backends::from_env().unwrap_or(NATIVE)).await;
+            let adapters = instance
+                .enumerate_adapters(wgpu::Backends::from_env().unwrap_or(NATIVE))
+                .await;
             let seen: Vec<String> = adapters.iter().map(|a| describe_adapter(&a.get_info())).collect();
-            adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&wanted)).ok_or_else(|| {
-                Error::NoAdapter(format!("no adapter name contains WGPU_ADAPTER_NAME={name:?}; adapters seen: {seen:?}"))
-            })?
+            adapters
+                .into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+                .ok_or_else(|| {
+                    Error::NoAdapter(format!(
+                        "no adapter name contains WGPU_ADAPTER_NAME={name:?}; adapters seen: {seen:?}"
+                    ))
+                })?
         } else {
             instance
                 .request_adapter(&wgpu::RequestAdapterOptions {
-                    power_preference: wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance),
+                    power_preference: wgpu::PowerPreference::from_env()
+                        .unwrap_or(wgpu::PowerPreference::HighPerformance),
                     ..Default::default()
                 })
                 .await
@@ -106,14 +120,9 @@ impl Gpu {
             })
             .await
             .map_err(|e| Error::RequestDevice(e.to_string()))?;
-        Ok(Self::from_device(device, queue, adapter.get_info()))
-    }
-
-    /// Wraps a device and queue the caller already has, so that the layer shares it with a
-    /// renderer or an ML framework. `info` names the adapter in reports
-    /// (`adapter.get_info()`). The layer installs an uncaptured-error handler on the device to
-    /// turn GPU errors into [`Error::Gpu`].
-    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Gpu {
+        // The device is ours: errors outside the layer's own error scopes (which wgpu would
+        // otherwise answer with a panic) and the loss of the device are recorded and reported
+        // by the next call.
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -121,9 +130,31 @@ impl Gpu {
         }));
         let sink = errors.clone();
         device.set_device_lost_callback(move |reason, msg| {
-            sink.lock().unwrap_or_else(|p| p.into_inner()).push(format!("device lost ({reason:?}): {msg}"));
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(format!("device lost ({reason:?}): {msg}"));
         });
-        Gpu { device, queue, info, errors, kernels: Arc::default() }
+        Ok(Gpu {
+            device,
+            queue,
+            info: adapter.get_info(),
+            errors,
+            kernels: Arc::default(),
+        })
+    }
+
+    /// Wraps a device and queue the caller already has, so that the layer shares it with a
+    /// renderer or an ML framework. `info` names the adapter in reports
+    /// (`adapter.get_info()`). The caller's error handler and device-lost callback are left as
+    /// they are: the layer catches its own errors with error scopes around its work.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Gpu {
+        Gpu {
+            device,
+            queue,
+            info,
+            errors: Arc::default(),
+            kernels: Arc::default(),
+        }
     }
 
     /// The adapter's description from wgpu.
@@ -157,9 +188,33 @@ impl Gpu {
         if let Some(k) = self.kernels.get() {
             return Ok(k.clone());
         }
-        let k = Arc::new(Kernels::new(&self.device)?);
-        self.take_errors()?;
+        let k = Arc::new(self.checked(|| Kernels::new(&self.device))?);
         Ok(self.kernels.get_or_init(|| k).clone())
+    }
+
+    /// Runs `work` (device calls on this thread) inside error scopes, and turns any
+    /// validation, out-of-memory or internal error it caused, or one recorded earlier, into an
+    /// [`Error::Gpu`].
+    pub(crate) fn checked<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        let scopes = [
+            wgpu::ErrorFilter::Validation,
+            wgpu::ErrorFilter::OutOfMemory,
+            wgpu::ErrorFilter::Internal,
+        ]
+        .map(|filter| self.device.push_error_scope(filter));
+        let result = work();
+        // Scopes are popped innermost first.
+        let mut caught: Vec<String> = Vec::new();
+        for scope in scopes.into_iter().rev() {
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                caught.push(e.to_string());
+            }
+        }
+        self.take_errors()?;
+        if !caught.is_empty() {
+            return Err(Error::Gpu(caught.join("; ")));
+        }
+        result
     }
 
     /// Turns GPU errors reported since the last call into an [`Error::Gpu`].
@@ -177,7 +232,10 @@ impl Gpu {
     /// Blocks until `submission` has finished and its callbacks have run.
     pub(crate) fn wait(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
         self.device
-            .poll(wgpu::PollType::Wait { submission_index: Some(submission), timeout: None })
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: None,
+            })
             .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
         Ok(())
     }

@@ -96,13 +96,19 @@ impl Kernels {
             .iter()
             .map(|k| {
                 let (file, entry, trans_b) = k.source();
-                let constants: Vec<(&str, f64)> = trans_b.map(|t| ("TRANS_B", if t { 1.0 } else { 0.0 })).into_iter().collect();
+                let constants: Vec<(&str, f64)> = trans_b
+                    .map(|t| ("TRANS_B", if t { 1.0 } else { 0.0 }))
+                    .into_iter()
+                    .collect();
                 device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(kernel_name(*k)),
                     layout: None,
                     module: &modules[file],
                     entry_point: Some(entry),
-                    compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &constants,
+                        ..Default::default()
+                    },
                     cache: None,
                 })
             })
@@ -242,21 +248,40 @@ pub(crate) struct Recorder {
 
 /// Converts a size to the `u32` the shaders index with, or says it is too large.
 pub(crate) fn u32_of(name: &'static str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::BufferTooLarge { name, size: v as u64 * 4, limit: u32::MAX as u64 * 4, what: "index range" })
+    u32::try_from(v).map_err(|_| Error::BufferTooLarge {
+        name,
+        size: v as u64 * 4,
+        limit: u32::MAX as u64 * 4,
+        what: "index range",
+    })
 }
 
 impl Recorder {
     pub(crate) fn new(device: &wgpu::Device) -> Recorder {
-        Recorder { ops: Vec::new(), breaks: Vec::new(), uniforms: Vec::new(), max_groups: device.limits().max_compute_workgroups_per_dimension }
+        Recorder {
+            ops: Vec::new(),
+            breaks: Vec::new(),
+            uniforms: Vec::new(),
+            max_groups: device.limits().max_compute_workgroups_per_dimension,
+        }
     }
 
     /// A dispatch of `groups` workgroups; `buffers` are (binding, buffer), binding 0 being the parameters.
-    pub(crate) fn dispatch<P: Pod>(&mut self, kernel: Kernel, params: &P, buffers: &[(u32, &wgpu::Buffer)], groups: (u32, u32)) {
+    pub(crate) fn dispatch<P: Pod>(
+        &mut self,
+        kernel: Kernel,
+        params: &P,
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: (u32, u32),
+    ) {
         let offset = self.uniforms.len();
         let bytes = bytemuck::bytes_of(params);
         self.uniforms.extend_from_slice(bytes);
         let size = bytes.len().div_ceil(16) * 16;
-        self.uniforms.resize(offset + size.max(UNIFORM_ALIGN).div_ceil(UNIFORM_ALIGN) * UNIFORM_ALIGN, 0);
+        self.uniforms.resize(
+            offset + size.max(UNIFORM_ALIGN).div_ceil(UNIFORM_ALIGN) * UNIFORM_ALIGN,
+            0,
+        );
         self.ops.push(Op {
             kernel,
             uniform_offset: offset as u64,
@@ -275,13 +300,23 @@ impl Recorder {
         let x = groups.min(max);
         let y = groups.div_ceil(x);
         if y > max {
-            return Err(Error::DispatchTooLarge { kernel: kernel_name(kernel), groups, limit: self.max_groups });
+            return Err(Error::DispatchTooLarge {
+                kernel: kernel_name(kernel),
+                groups,
+                limit: self.max_groups,
+            });
         }
         Ok((x as u32, y as u32))
     }
 
     /// A 1-D dispatch over `count` elements, folded into a 2-D grid.
-    pub(crate) fn linear<P: Pod>(&mut self, kernel: Kernel, params: &P, buffers: &[(u32, &wgpu::Buffer)], count: u64) -> Result<()> {
+    pub(crate) fn linear<P: Pod>(
+        &mut self,
+        kernel: Kernel,
+        params: &P,
+        buffers: &[(u32, &wgpu::Buffer)],
+        count: u64,
+    ) -> Result<()> {
         let groups = self.fold_groups(kernel, count.div_ceil(kernel.workgroup_size()))?;
         self.dispatch(kernel, params, buffers, groups);
         Ok(())
@@ -291,7 +326,11 @@ impl Recorder {
     pub(crate) fn gemm(&mut self, kernel: Kernel, params: &GemmParams, buffers: &[(u32, &wgpu::Buffer)]) -> Result<()> {
         let (gx, gy) = (params.n.div_ceil(64), params.m.div_ceil(64));
         if gx > self.max_groups || gy > self.max_groups {
-            return Err(Error::DispatchTooLarge { kernel: kernel_name(kernel), groups: gx as u64 * gy as u64, limit: self.max_groups });
+            return Err(Error::DispatchTooLarge {
+                kernel: kernel_name(kernel),
+                groups: gx as u64 * gy as u64,
+                limit: self.max_groups,
+            });
         }
         self.dispatch(kernel, params, buffers, (gx, gy));
         Ok(())
@@ -317,7 +356,11 @@ impl Recorder {
         timestamps: Option<&wgpu::QuerySet>,
         prelude: impl FnOnce(&mut wgpu::CommandEncoder),
     ) -> Vec<wgpu::CommandEncoder> {
-        let new_encoder = || device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("contextual attention") });
+        let new_encoder = || {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("contextual attention"),
+            })
+        };
         let mut first = new_encoder();
         prelude(&mut first);
         if self.ops.is_empty() {

@@ -22,19 +22,27 @@ pub struct Stages {
     kernels: Arc<Kernels>,
 }
 
-const STORAGE: wgpu::BufferUsages =
-    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_DST).union(wgpu::BufferUsages::COPY_SRC);
+const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_DST)
+    .union(wgpu::BufferUsages::COPY_SRC);
 
 impl Stages {
     /// Compiles (or reuses) the pipelines of `gpu`.
     pub fn new(gpu: &Gpu) -> Result<Stages> {
-        Ok(Stages { gpu: gpu.clone(), kernels: gpu.kernels()? })
+        Ok(Stages {
+            gpu: gpu.clone(),
+            kernels: gpu.kernels()?,
+        })
     }
 
     fn input<T: Pod>(&self, data: &[T]) -> wgpu::Buffer {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let padded = if bytes.is_empty() { &[0u8; 4][..] } else { bytes };
-        self.gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("stage input"), contents: padded, usage: STORAGE })
+        self.gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("stage input"),
+            contents: padded,
+            usage: STORAGE,
+        })
     }
 
     fn poisoned(&self, len: usize) -> wgpu::Buffer {
@@ -44,28 +52,33 @@ impl Stages {
     /// Submits the recorded dispatches and reads back `outputs` (lengths in elements).
     fn run(&self, rec: Recorder, outputs: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<u32>>> {
         let device = &self.gpu.device;
-        let mut encoder = rec.encode(device, &self.kernels, None, |_| {}).pop().expect("one part");
-        let total: usize = outputs.iter().map(|(_, n)| n.max(&1)).sum();
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("stage readback"),
-            size: (total * 4) as u64,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut at = 0u64;
-        for (buf, n) in outputs {
-            let bytes = (n.max(&1) * 4) as u64;
-            encoder.copy_buffer_to_buffer(buf, 0, &staging, at, Some(bytes));
-            at += bytes;
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        encoder.map_buffer_on_submit(&staging, wgpu::MapMode::Read, .., move |r| {
-            tx.send(r).ok();
-        });
-        let idx = self.gpu.queue.submit([encoder.finish()]);
+        let (staging, idx, rx) = self.gpu.checked(|| {
+            let mut encoder = rec.encode(device, &self.kernels, None, |_| {}).pop().expect("one part");
+            let total: usize = outputs.iter().map(|(_, n)| n.max(&1)).sum();
+            let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("stage readback"),
+                size: (total * 4) as u64,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut at = 0u64;
+            for (buf, n) in outputs {
+                let bytes = (n.max(&1) * 4) as u64;
+                encoder.copy_buffer_to_buffer(buf, 0, &staging, at, Some(bytes));
+                at += bytes;
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            encoder.map_buffer_on_submit(&staging, wgpu::MapMode::Read, .., move |r| {
+                tx.send(r).ok();
+            });
+            let idx = self.gpu.queue.submit([encoder.finish()]);
+            Ok((staging, idx, rx))
+        })?;
         self.gpu.wait(idx)?;
         self.gpu.take_errors()?;
-        rx.recv().map_err(|_| Error::Gpu("readback callback did not run".into()))?.map_err(|e| Error::Gpu(e.to_string()))?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("readback callback did not run".into()))?
+            .map_err(|e| Error::Gpu(e.to_string()))?;
         let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu(e.to_string()))?;
         let words: &[u32] = bytemuck::cast_slice(&view);
         let mut out = Vec::new();
@@ -88,10 +101,19 @@ impl Stages {
     /// Align-corners NN downscale of `[h, w, c]` with the given index maps.
     pub fn downscale(&self, x: &[f32], w: usize, c: usize, rows: &[u32], cols: &[u32]) -> Result<Vec<f32>> {
         let index: Vec<u32> = rows.iter().chain(cols).copied().collect();
-        let (src, idx, dst) = (self.input(x), self.input(&index), self.poisoned(rows.len() * cols.len() * c));
+        let (src, idx, dst) = (
+            self.input(x),
+            self.input(&index),
+            self.poisoned(rows.len() * cols.len() * c),
+        );
         let p = downscale_params(0, w, c, 0, rows.len() as u32, rows.len(), cols.len())?;
         let mut rec = self.rec();
-        rec.linear(Kernel::Downscale, &p, &[(1, &src), (2, &idx), (3, &dst)], p.count as u64)?;
+        rec.linear(
+            Kernel::Downscale,
+            &p,
+            &[(1, &src), (2, &idx), (3, &dst)],
+            p.count as u64,
+        )?;
         Ok(Self::floats(self.run(rec, &[(&dst, p.count as usize)])?.remove(0)))
     }
 
@@ -100,7 +122,12 @@ impl Stages {
         let l = g.patches();
         let (src, dst, norms) = (self.input(bp), self.poisoned(l * g.match_len()), self.poisoned(l));
         let mut rec = self.rec();
-        rec.linear(Kernel::MatchingPatches, &matching_params(g, g.channels), &[(1, &src), (2, &dst), (3, &norms)], l as u64)?;
+        rec.linear(
+            Kernel::MatchingPatches,
+            &matching_params(g, g.channels),
+            &[(1, &src), (2, &dst), (3, &norms)],
+            l as u64,
+        )?;
         let mut out = self.run(rec, &[(&dst, l * g.match_len()), (&norms, l)])?;
         let norms = Self::floats(out.remove(1));
         Ok((Self::floats(out.remove(0)), norms))
@@ -111,7 +138,12 @@ impl Stages {
         let l = g.patches();
         let (src, dst) = (self.input(mp), self.poisoned(l));
         let mut rec = self.rec();
-        rec.linear(Kernel::MaskValidity, &matching_params(g, 1), &[(1, &src), (2, &dst)], l as u64)?;
+        rec.linear(
+            Kernel::MaskValidity,
+            &matching_params(g, 1),
+            &[(1, &src), (2, &dst)],
+            l as u64,
+        )?;
         Ok(Self::floats(self.run(rec, &[(&dst, l)])?.remove(0)))
     }
 
@@ -130,7 +162,12 @@ impl Stages {
         let p = query_params(g, rows.len(), 0)?;
         let (src, idx, dst) = (self.input(fp), self.input(&index), self.poisoned(p.count as usize));
         let mut rec = self.rec();
-        rec.linear(Kernel::QueryPatches, &p, &[(1, &src), (2, &dst), (4, &idx)], p.count as u64)?;
+        rec.linear(
+            Kernel::QueryPatches,
+            &p,
+            &[(1, &src), (2, &dst), (4, &idx)],
+            p.count as u64,
+        )?;
         Ok(Self::floats(self.run(rec, &[(&dst, p.count as usize)])?.remove(0)))
     }
 
@@ -145,7 +182,14 @@ impl Stages {
     }
 
     /// One fuse pass; `in_slots[row]` is the input slot of each grid row (`u32::MAX` if absent).
-    pub fn fuse_pass(&self, input: &[f32], in_slots: &[u32], out_rows: &[usize], g: &Geometry, pass: FusePass) -> Result<Vec<f32>> {
+    pub fn fuse_pass(
+        &self,
+        input: &[f32],
+        in_slots: &[u32],
+        out_rows: &[usize],
+        g: &Geometry,
+        pass: FusePass,
+    ) -> Result<Vec<f32>> {
         let mut index: Vec<u32> = in_slots.to_vec();
         index.extend(out_rows.iter().map(|&r| r as u32));
         let p = fuse_params(g, pass, out_rows.len(), 0, in_slots.len() as u32)?;
@@ -156,7 +200,14 @@ impl Stages {
     }
 
     /// Masked scaled softmax of `scores [rows, L]`: (attention, argmax, mass).
-    pub fn softmax(&self, scores: &[f32], mm: &[f32], l: usize, scale: f32, masking: Masking) -> Result<(Vec<f32>, Vec<u32>, Vec<f32>)> {
+    pub fn softmax(
+        &self,
+        scores: &[f32],
+        mm: &[f32],
+        l: usize,
+        scale: f32,
+        masking: Masking,
+    ) -> Result<(Vec<f32>, Vec<u32>, Vec<f32>)> {
         let rows = scores.len() / l;
         let p = softmax_params(rows, l, scale, masking, 0)?;
         let (s, m) = (self.input(scores), self.input(mm));
