@@ -19,10 +19,7 @@ pub struct BenchCase {
 impl BenchCase {
     /// `HxWxC` with the rate, e.g. `64x64x128 r2`.
     pub fn size_label(&self) -> String {
-        format!(
-            "{}x{}x{} r{}",
-            self.shape[1], self.shape[2], self.shape[3], self.params.rate
-        )
+        format!("{}x{}x{} r{}", self.shape[1], self.shape[2], self.shape[3], self.params.rate)
     }
 
     /// Deterministic inputs: features max(0, smooth pattern + noise) and the hole mask.
@@ -50,28 +47,10 @@ impl BenchCase {
 /// The standard sizes: DeepFill v1 at a 256² input (64×64×128, rate 2, fuse, 32×32 hole),
 /// DeepFill v2 (64×64×96), and 128×128×64 at rate 2.
 pub fn standard_cases() -> Vec<BenchCase> {
-    let model = Params {
-        rate: 2,
-        ..Default::default()
-    };
+    let model = Params { rate: 2, ..Default::default() };
     vec![
-        BenchCase {
-            name: "deepfill-v1-256",
-            shape: [1, 64, 64, 128],
-            params: model.clone(),
-            hole: 32,
-        },
-        BenchCase {
-            name: "deepfill-v2-256",
-            shape: [1, 64, 64, 96],
-            params: model.clone(),
-            hole: 32,
-        },
-        BenchCase {
-            name: "features-128",
-            shape: [1, 128, 128, 64],
-            params: model,
-            hole: 64,
-        },
+        BenchCase { name: "deepfill-v1-256", shape: [1, 64, 64, 128], params: model.clone(), hole: 32 },
+        BenchCase { name: "deepfill-v2-256", shape: [1, 64, 64, 96], params: model.clone(), hole: 32 },
+        BenchCase { name: "features-128", shape: [1, 128, 128, 64], params: model, hole: 64 },
     ]
 }

@@ -132,17 +132,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn param(name: &'static str, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
-        Error::InvalidParam {
-            name,
-            value: value.to_string(),
-            reason: reason.into(),
-        }
+        Error::InvalidParam { name, value: value.to_string(), reason: reason.into() }
     }
 
     pub(crate) fn shape(tensor: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Shape {
-            tensor: tensor.into(),
-            reason: reason.into(),
-        }
+        Error::Shape { tensor: tensor.into(), reason: reason.into() }
     }
 }

@@ -162,27 +162,15 @@ pub fn upscale_bilinear_align_corners(
     out_h: usize,
     out_w: usize,
 ) -> Vec<f32> {
-    assert_eq!(
-        img.len(),
-        h * w * ch,
-        "upscale: image holds {} values, expected {h}·{w}·{ch}",
-        img.len()
-    );
+    assert_eq!(img.len(), h * w * ch, "upscale: image holds {} values, expected {h}·{w}·{ch}", img.len());
     if out_h == 0 || out_w == 0 || ch == 0 {
         return Vec::new();
     }
-    assert!(
-        h > 0 && w > 0,
-        "upscale: cannot resize an empty {h}×{w} image to {out_h}×{out_w}"
-    );
+    assert!(h > 0 && w > 0, "upscale: cannot resize an empty {h}×{w} image to {out_h}×{out_w}");
 
     /// (lo, hi, t) per output coordinate along one axis.
     fn axis(input: usize, output: usize) -> Vec<(usize, usize, f32)> {
-        let scale = if output > 1 {
-            (input - 1) as f32 / (output - 1) as f32
-        } else {
-            input as f32 / output as f32
-        };
+        let scale = if output > 1 { (input - 1) as f32 / (output - 1) as f32 } else { input as f32 / output as f32 };
         (0..output)
             .map(|o| {
                 let src = o as f32 * scale;

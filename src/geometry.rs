@@ -18,11 +18,7 @@ pub fn same_padding(n: usize, k: usize, s: usize) -> (usize, usize, usize) {
 /// to `output`: `min(roundf(o · f32(in−1)/f32(out−1)), in−1)`, all in f32, halves away from
 /// zero (SPEC §2.5). Not "every r-th pixel": 6 → 3 gives [0, 3, 5].
 pub fn nn_indices(input: usize, output: usize) -> Vec<u32> {
-    let scale = if output > 1 {
-        (input as f32 - 1.0) / (output as f32 - 1.0)
-    } else {
-        input as f32 / output as f32
-    };
+    let scale = if output > 1 { (input as f32 - 1.0) / (output as f32 - 1.0) } else { input as f32 / output as f32 };
     (0..output)
         .map(|o| {
             let src = (o as f32 * scale).round() as usize; // f32::round: half away from zero
@@ -127,37 +123,21 @@ impl Geometry {
         if f[0] != b[0] {
             return Err(Error::shape(
                 "b",
-                format!(
-                    "batch {} of b differs from batch {} of f; f and b must have the same batch size",
-                    b[0], f[0]
-                ),
+                format!("batch {} of b differs from batch {} of f; f and b must have the same batch size", b[0], f[0]),
             ));
         }
         if f[3] != b[3] {
             return Err(Error::shape(
                 "b",
-                format!(
-                    "b has {} channels but f has {}; both must have the same number of channels",
-                    b[3], f[3]
-                ),
+                format!("b has {} channels but f has {}; both must have the same number of channels", b[3], f[3]),
             ));
         }
         for (name, t) in [("f", f), ("b", b)] {
             if t[1] % r != 0 {
-                return Err(Error::NotDivisible {
-                    tensor: name,
-                    dim: "height",
-                    size: t[1],
-                    rate: r,
-                });
+                return Err(Error::NotDivisible { tensor: name, dim: "height", size: t[1], rate: r });
             }
             if t[2] % r != 0 {
-                return Err(Error::NotDivisible {
-                    tensor: name,
-                    dim: "width",
-                    size: t[2],
-                    rate: r,
-                });
+                return Err(Error::NotDivisible { tensor: name, dim: "width", size: t[2], rate: r });
             }
         }
         let mask_batch = match mask {
@@ -182,10 +162,7 @@ impl Geometry {
                     ));
                 }
                 if m[3] != 1 {
-                    return Err(Error::shape(
-                        "mask",
-                        format!("mask has {} channels; it must have 1 (1 = hole)", m[3]),
-                    ));
+                    return Err(Error::shape("mask", format!("mask has {} channels; it must have 1 (1 = hole)", m[3])));
                 }
                 m[0]
             }
@@ -216,11 +193,7 @@ impl Geometry {
             f_cols: nn_indices(f[2], wf),
             b_rows: nn_indices(b[1], hb),
             b_cols: nn_indices(b[2], wb),
-            fuse: params.fuse.then(|| Fuse {
-                k: params.fuse_k,
-                p: (params.fuse_k - 1) / 2,
-                mode: params.fuse_mode,
-            }),
+            fuse: params.fuse.then(|| Fuse { k: params.fuse_k, p: (params.fuse_k - 1) / 2, mode: params.fuse_mode }),
             mask_batch,
         };
         Ok(geometry)
@@ -250,11 +223,7 @@ impl Geometry {
     /// likewise for a column: the i with 0 ≤ y − r·i + pad < K, clipped to `0..n`.
     pub fn covering(y: usize, n: usize, rate: usize, pad: usize, kernel: usize) -> std::ops::Range<usize> {
         let t = y + pad; // 0 ≤ t − r·i < K  ⇔  (t−K)/r < i ≤ t/r
-        let lo = if t + 1 > kernel {
-            (t + 1 - kernel).div_ceil(rate)
-        } else {
-            0
-        };
+        let lo = if t + 1 > kernel { (t + 1 - kernel).div_ceil(rate) } else { 0 };
         let hi = (t / rate + 1).min(n);
         lo.min(hi)..hi
     }

@@ -58,17 +58,11 @@ const MAGIC: &[u8; 6] = b"\x93NUMPY";
 const EXPECTED: &str = "expected a little-endian float32 array in C order";
 
 fn npy_err(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Npy {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
+    Error::Npy { path: path.to_path_buf(), reason: reason.into() }
 }
 
 fn io_err(path: &Path, source: io::Error) -> Error {
-    Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    Error::Io { path: path.to_path_buf(), source }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -92,10 +86,7 @@ struct LiteralParser {
 
 impl LiteralParser {
     fn new(text: &str) -> Self {
-        LiteralParser {
-            chars: text.chars().collect(),
-            pos: 0,
-        }
+        LiteralParser { chars: text.chars().collect(), pos: 0 }
     }
 
     fn skip_ws(&mut self) {
@@ -115,10 +106,7 @@ impl LiteralParser {
                 self.pos += 1;
                 Ok(())
             }
-            Some(x) => Err(format!(
-                "expected '{c}' at character {} of the header, found '{x}'",
-                self.pos
-            )),
+            Some(x) => Err(format!("expected '{c}' at character {} of the header, found '{x}'", self.pos)),
             None => Err(format!("expected '{c}' but the header ended")),
         }
     }
@@ -158,11 +146,7 @@ impl LiteralParser {
             match self.chars.get(self.pos).copied() {
                 None => return Err("unterminated string in the header".into()),
                 Some('\\') => {
-                    let next = self
-                        .chars
-                        .get(self.pos + 1)
-                        .copied()
-                        .ok_or("unterminated string in the header")?;
+                    let next = self.chars.get(self.pos + 1).copied().ok_or("unterminated string in the header")?;
                     out.push(next);
                     self.pos += 2;
                 }
@@ -190,13 +174,8 @@ impl LiteralParser {
         if self.pos < self.chars.len() && matches!(self.chars[self.pos], 'L' | 'l') {
             self.pos += 1;
         }
-        let text: String = self.chars[start..self.pos]
-            .iter()
-            .filter(|c| c.is_ascii_digit() || **c == '-')
-            .collect();
-        text.parse::<i128>()
-            .map(PyValue::Int)
-            .map_err(|_| format!("`{text}` in the header is not an integer"))
+        let text: String = self.chars[start..self.pos].iter().filter(|c| c.is_ascii_digit() || **c == '-').collect();
+        text.parse::<i128>().map(PyValue::Int).map_err(|_| format!("`{text}` in the header is not an integer"))
     }
 
     fn seq(&mut self, open: char, close: char) -> std::result::Result<PyValue, String> {
@@ -307,11 +286,7 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
         (1, 0) => (2usize, false),
         (2, 0) => (4, false),
         (3, 0) => (4, true),
-        _ => {
-            return Err(format!(
-                "unsupported .npy format version {major}.{minor}; expected 1.0, 2.0 or 3.0"
-            ))
-        }
+        _ => return Err(format!("unsupported .npy format version {major}.{minor}; expected 1.0, 2.0 or 3.0")),
     };
     let len_end = 8 + len_bytes;
     if bytes.len() < len_end {
@@ -322,9 +297,7 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
     } else {
         u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize
     };
-    let data_start = len_end
-        .checked_add(header_len)
-        .ok_or("the header length does not fit in memory")?;
+    let data_start = len_end.checked_add(header_len).ok_or("the header length does not fit in memory")?;
     if bytes.len() < data_start {
         return Err(format!(
             "truncated file: the header claims {header_len} bytes but only {} are present",
@@ -333,9 +306,7 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
     }
     let raw = &bytes[len_end..data_start];
     let text: String = if utf8 {
-        std::str::from_utf8(raw)
-            .map_err(|e| format!("the header is not valid UTF-8: {e}"))?
-            .to_owned()
+        std::str::from_utf8(raw).map_err(|e| format!("the header is not valid UTF-8: {e}"))?.to_owned()
     } else {
         raw.iter().map(|&b| b as char).collect()
     };
@@ -359,33 +330,19 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
                  save it with `np.save(path, np.ascontiguousarray(a))`"
             ))
         }
-        other => {
-            return Err(format!(
-                "malformed header: fortran_order is {other:?}, expected True or False"
-            ))
-        }
+        other => return Err(format!("malformed header: fortran_order is {other:?}, expected True or False")),
     }
     let shape = match get("shape")? {
         PyValue::Seq(items) => items
             .iter()
             .map(|v| match v {
                 PyValue::Int(n) if *n >= 0 => usize::try_from(*n).map_err(|_| format!("dimension {n} is too large")),
-                other => Err(format!(
-                    "malformed header: shape entry {other:?} is not a non-negative integer"
-                )),
+                other => Err(format!("malformed header: shape entry {other:?} is not a non-negative integer")),
             })
             .collect::<std::result::Result<Vec<_>, _>>()?,
-        other => {
-            return Err(format!(
-                "malformed header: shape is {other:?}, expected a tuple of integers"
-            ))
-        }
+        other => return Err(format!("malformed header: shape is {other:?}, expected a tuple of integers")),
     };
-    Ok(Header {
-        dtype,
-        shape,
-        data_start,
-    })
+    Ok(Header { dtype, shape, data_start })
 }
 
 /// Reads a `.npy` file (format version 1.0, 2.0 or 3.0).
@@ -432,25 +389,16 @@ fn parse_npy(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
         ));
     }
     let data = match header.dtype {
-        Dtype::F4 => NpyData::F32(
-            payload
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ),
+        Dtype::F4 => {
+            NpyData::F32(payload.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        }
         Dtype::F8 => NpyData::F32(
-            payload
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")) as f32)
-                .collect(),
+            payload.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")) as f32).collect(),
         ),
         Dtype::U1 => NpyData::F32(payload.iter().map(|&b| b as f32).collect()),
-        Dtype::I4 => NpyData::I32(
-            payload
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ),
+        Dtype::I4 => {
+            NpyData::I32(payload.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        }
         Dtype::I8 => {
             let mut out = Vec::with_capacity(count);
             for c in payload.chunks_exact(8) {
@@ -462,10 +410,7 @@ fn parse_npy(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
             NpyData::I32(out)
         }
     };
-    Ok(NpyArray {
-        shape: header.shape,
-        data,
-    })
+    Ok(NpyArray { shape: header.shape, data })
 }
 
 /// Reads a float `.npy` array of rank 4 (`[batch, height, width, channels]`) as a [`Tensor`].
@@ -477,10 +422,7 @@ pub fn read_tensor_npy(path: &Path, name: &str) -> Result<Tensor> {
     let data = match array.data {
         NpyData::F32(v) => v,
         NpyData::I32(_) => {
-            return Err(npy_err(
-                path,
-                format!("`{name}` must be a float array ({EXPECTED}), found an integer array"),
-            ))
+            return Err(npy_err(path, format!("`{name}` must be a float array ({EXPECTED}), found an integer array")))
         }
     };
     let shape: [usize; 4] = array.shape.as_slice().try_into().map_err(|_| {
@@ -500,10 +442,7 @@ fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
     let shape_text = match shape {
         [] => "()".to_string(),
         [d] => format!("({d},)"),
-        dims => format!(
-            "({})",
-            dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-        ),
+        dims => format!("({})", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
     };
     let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
     // Version 1.0 has a 2-byte header length; fall back to 2.0 only for absurdly long shapes.
@@ -601,34 +540,20 @@ impl Drop for TempFile {
 /// If `write` (or any later step) fails, or panics, the temporary file is removed and the
 /// target is left untouched; the error is an [`Error::Io`] naming `path`.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
-    let file_name = path.file_name().ok_or_else(|| {
-        io_err(
-            path,
-            io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file"),
-        )
-    })?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io_err(path, io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file")))?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     let mut tmp_name = OsString::from(".");
     tmp_name.push(file_name);
-    tmp_name.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    tmp_name.push(format!(".tmp-{}-{}", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
     let tmp_path = dir.join(tmp_name);
 
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp_path)
-        .map_err(|e| io_err(path, e))?;
-    let mut guard = TempFile {
-        path: tmp_path,
-        keep: false,
-    };
+    let file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp_path).map_err(|e| io_err(path, e))?;
+    let mut guard = TempFile { path: tmp_path, keep: false };
 
     let result = (|| -> io::Result<()> {
         let mut writer = BufWriter::new(file);
@@ -656,10 +581,7 @@ fn decode_image(path: &Path) -> Result<image::DynamicImage> {
         .map_err(|e| io_err(path, e))?
         .with_guessed_format()
         .map_err(|e| io_err(path, e))?;
-    reader.decode().map_err(|e| Error::Image {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    reader.decode().map_err(|e| Error::Image { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 /// Reads an image as a `[1, H, W, 3]` tensor with values 0–255.
@@ -691,10 +613,7 @@ fn encode_png(path: &Path, width: u32, height: u32, pixels: &[u8], color: image:
     let mut png = Vec::new();
     image::codecs::png::PngEncoder::new(&mut png)
         .write_image(pixels, width, height, color)
-        .map_err(|e| Error::Image {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| Error::Image { path: path.to_path_buf(), reason: e.to_string() })?;
     write_atomically(path, |w| w.write_all(&png))
 }
 
@@ -717,10 +636,7 @@ pub fn write_image(path: &Path, t: &Tensor) -> Result<()> {
     if n != 1 {
         return Err(Error::shape(
             path.display().to_string(),
-            format!(
-                "an image needs a batch of 1, found shape {:?}; write each item separately",
-                t.shape()
-            ),
+            format!("an image needs a batch of 1, found shape {:?}; write each item separately", t.shape()),
         ));
     }
     let (width, height) = match (u32::try_from(w), u32::try_from(h)) {

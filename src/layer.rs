@@ -49,25 +49,13 @@ impl PartialEq for Output {
             self.patch_grid,
             &self.queries,
             &self.attention_rows,
-        ) == (
-            &o.y,
-            &o.argmax,
-            &o.offsets,
-            &o.mass,
-            o.grid,
-            o.patch_grid,
-            &o.queries,
-            &o.attention_rows,
-        )
+        ) == (&o.y, &o.argmax, &o.offsets, &o.mass, o.grid, o.patch_grid, &o.queries, &o.attention_rows)
     }
 }
 
 impl Output {
     pub(crate) fn new(g: &Geometry, y: Tensor, argmax: Vec<u32>, mass: Vec<f32>) -> Output {
-        let offsets = argmax
-            .iter()
-            .flat_map(|&a| [(a as usize / g.pw) as i32, (a as usize % g.pw) as i32])
-            .collect();
+        let offsets = argmax.iter().flat_map(|&a| [(a as usize / g.pw) as i32, (a as usize % g.pw) as i32]).collect();
         Output {
             y,
             argmax,
@@ -132,12 +120,7 @@ impl ContextualAttention {
             Backend::Gpu(gpu) => Some(gpu.kernels()?),
             Backend::Cpu => None,
         };
-        Ok(ContextualAttention {
-            params,
-            backend,
-            kernels,
-            workspace: Mutex::new(None),
-        })
+        Ok(ContextualAttention { params, backend, kernels, workspace: Mutex::new(None) })
     }
 
     /// The parameters.
@@ -272,9 +255,7 @@ impl ContextualAttention {
                 let (g, plan) = self.prepare(f.shape(), b.shape(), mask.map(|m| m.shape()), rows_per_tile)?;
                 reference::forward(&self.params, &g, &plan, f, b, mask, queries, progress)
             }
-            Backend::Gpu(gpu) => self
-                .submit(gpu, f, b, mask, queries, rows_per_tile)?
-                .wait(gpu, progress),
+            Backend::Gpu(gpu) => self.submit(gpu, f, b, mask, queries, rows_per_tile)?.wait(gpu, progress),
         }
     }
 

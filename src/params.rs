@@ -109,18 +109,10 @@ impl Params {
     /// Checks the parameters on their own (shapes are checked by [`crate::Geometry::new`]).
     pub fn validate(&self) -> Result<()> {
         if self.ksize == 0 {
-            return Err(Error::param(
-                "ksize",
-                self.ksize,
-                "must be at least 1 (the original uses 3)",
-            ));
+            return Err(Error::param("ksize", self.ksize, "must be at least 1 (the original uses 3)"));
         }
         if self.stride == 0 {
-            return Err(Error::param(
-                "stride",
-                self.stride,
-                "must be at least 1 (the original uses 1)",
-            ));
+            return Err(Error::param("stride", self.stride, "must be at least 1 (the original uses 1)"));
         }
         if self.rate == 0 {
             return Err(Error::param("rate", self.rate, "must be at least 1 (the models use 2)"));

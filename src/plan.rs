@@ -88,10 +88,7 @@ impl Plan {
                 what: "storage binding",
             });
         }
-        Err(Error::MemoryBudget {
-            budget,
-            needed: smallest.0,
-        })
+        Err(Error::MemoryBudget { budget, needed: smallest.0 })
     }
 
     /// Like [`Plan::new`], but `budget` is a target rather than a limit: if even one-row tiles
@@ -128,35 +125,18 @@ impl Plan {
             .map(|r0| {
                 let r1 = (r0 + rows_per_tile).min(hf);
                 if g.fuse.is_none() {
-                    return Tile {
-                        rows: r0..r1,
-                        pass1_rows: Vec::new(),
-                        raw_rows: (r0..r1).collect(),
-                    };
+                    return Tile { rows: r0..r1, pass1_rows: Vec::new(), raw_rows: (r0..r1).collect() };
                 }
                 let pass1_rows = union(hf, (r0..r1).map(|i| &needs.pass2[i]));
                 let raw_rows = union(hf, pass1_rows.iter().map(|&z| &needs.pass1[z]));
-                Tile {
-                    rows: r0..r1,
-                    pass1_rows,
-                    raw_rows,
-                }
+                Tile { rows: r0..r1, pass1_rows, raw_rows }
             })
             .collect();
-        let sizes: Vec<[u64; 4]> = tiles
-            .iter()
-            .map(|t| tile_bytes(g, t.rows.len(), t.pass1_rows.len(), t.raw_rows.len()))
-            .collect();
+        let sizes: Vec<[u64; 4]> =
+            tiles.iter().map(|t| tile_bytes(g, t.rows.len(), t.pass1_rows.len(), t.raw_rows.len())).collect();
         let total = sizes.iter().map(|s| s.iter().sum::<u64>()).max().unwrap_or(0);
         let largest = sizes.iter().flat_map(|s| s.iter().copied()).max().unwrap_or(0);
-        (
-            Plan {
-                tiles,
-                rows_per_tile,
-                tile_bytes: total,
-            },
-            largest,
-        )
+        (Plan { tiles, rows_per_tile, tile_bytes: total }, largest)
     }
 }
 
@@ -170,14 +150,10 @@ struct RowNeeds {
 impl RowNeeds {
     fn new(g: &Geometry) -> RowNeeds {
         if g.fuse.is_none() {
-            return RowNeeds {
-                pass2: Vec::new(),
-                pass1: Vec::new(),
-            };
+            return RowNeeds { pass2: Vec::new(), pass1: Vec::new() };
         }
-        let (pass2, pass1) = (0..g.hf)
-            .map(|i| (rows_reached(g, FusePass::Cols, i), rows_reached(g, FusePass::Rows, i)))
-            .unzip();
+        let (pass2, pass1) =
+            (0..g.hf).map(|i| (rows_reached(g, FusePass::Cols, i), rows_reached(g, FusePass::Rows, i))).unzip();
         RowNeeds { pass2, pass1 }
     }
 }

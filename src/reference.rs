@@ -151,10 +151,7 @@ pub fn gemm_nt(a: &[f64], b: &[f64], m: usize, n: usize, k: usize) -> Vec<f64> {
 /// would, so the result does not depend on the number of threads.
 fn for_each_row(out: &mut [f64], row_len: usize, f: impl Fn(usize, &mut [f64]) + Sync) {
     let rows = out.len() / row_len.max(1);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(rows)
-        .max(1);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(rows).max(1);
     if threads == 1 || out.len() < 1 << 14 {
         out.chunks_mut(row_len.max(1)).enumerate().for_each(|(i, r)| f(i, r));
         return;
@@ -163,12 +160,7 @@ fn for_each_row(out: &mut [f64], row_len: usize, f: impl Fn(usize, &mut [f64]) +
     std::thread::scope(|scope| {
         for (t, chunk) in out.chunks_mut(per * row_len).enumerate() {
             let f = &f;
-            scope.spawn(move || {
-                chunk
-                    .chunks_mut(row_len)
-                    .enumerate()
-                    .for_each(|(i, r)| f(t * per + i, r))
-            });
+            scope.spawn(move || chunk.chunks_mut(row_len).enumerate().for_each(|(i, r)| f(t * per + i, r)));
         }
     });
 }
@@ -208,10 +200,7 @@ pub fn fuse_pass(input: &[f64], in_slots: &[u32], out_rows: &[usize], g: &Geomet
                     let ps = Geometry::fuse_step(fuse.mode, pass, g.ph, g.pw, u, v, d);
                     if let (Some((qi, qj)), Some((pu, pv))) = (qs, ps) {
                         let slot = in_slots[qi];
-                        assert!(
-                            slot != u32::MAX,
-                            "fuse pass reads row {qi} that the tile did not compute"
-                        );
+                        assert!(slot != u32::MAX, "fuse pass reads row {qi} that the tile did not compute");
                         sum += input[(slot as usize * g.wf + qj) * l + pu * g.pw + pv];
                     }
                 }
@@ -239,11 +228,7 @@ pub fn softmax(scores: &mut [f64], mm: &[f64], l: usize, scale: f64, masking: Ma
                 }
             }
         };
-        let max = row
-            .iter()
-            .zip(mm)
-            .map(|(&s, &m)| logit(s, m))
-            .fold(f64::NEG_INFINITY, f64::max);
+        let max = row.iter().zip(mm).map(|(&s, &m)| logit(s, m)).fold(f64::NEG_INFINITY, f64::max);
         if max == f64::NEG_INFINITY {
             // Only possible with `Exclude` and every patch masked: no attention at all.
             row.iter_mut().for_each(|a| *a = 0.0);
@@ -356,10 +341,7 @@ pub fn forward(
             let attention = tile_attention(params, g, tile, &fp, &pb, &mm, &mut argmax_all, &mut mass_all);
             for (q, &(i, j)) in queries.iter().enumerate().filter(|(_, (i, _))| tile.rows.contains(i)) {
                 let row = &attention[((i - tile.rows.start) * g.wf + j) * l..][..l];
-                rows_all[(n * queries.len() + q) * l..][..l]
-                    .iter_mut()
-                    .zip(row)
-                    .for_each(|(d, &a)| *d = a as f32);
+                rows_all[(n * queries.len() + q) * l..][..l].iter_mut().zip(row).for_each(|(d, &a)| *d = a as f32);
             }
             let cols = gemm_nn(&attention, &raw, tile.rows.len() * g.wf, g.raw_len(), l);
             fold(&cols, tile.rows.clone(), g, &mut y);
@@ -392,21 +374,9 @@ fn tile_attention(
     let pf = query_patches(fp, g, &tile.raw_rows);
     let raw_scores = gemm_nt(&pf, pb, tile.raw_rows.len() * g.wf, l, g.match_len());
     let mut scores = if g.fuse.is_some() {
-        let pass1 = fuse_pass(
-            &raw_scores,
-            &Tile::slot_map(&tile.raw_rows, g.hf),
-            &tile.pass1_rows,
-            g,
-            FusePass::Rows,
-        );
+        let pass1 = fuse_pass(&raw_scores, &Tile::slot_map(&tile.raw_rows, g.hf), &tile.pass1_rows, g, FusePass::Rows);
         let rows: Vec<usize> = tile.rows.clone().collect();
-        fuse_pass(
-            &pass1,
-            &Tile::slot_map(&tile.pass1_rows, g.hf),
-            &rows,
-            g,
-            FusePass::Cols,
-        )
+        fuse_pass(&pass1, &Tile::slot_map(&tile.pass1_rows, g.hf), &rows, g, FusePass::Cols)
     } else {
         raw_scores
     };

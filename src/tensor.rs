@@ -30,10 +30,7 @@ impl Tensor {
 
     /// A tensor of zeros.
     pub fn zeros(shape: [usize; 4]) -> Self {
-        Tensor {
-            shape,
-            data: vec![0.0; shape.iter().product()],
-        }
+        Tensor { shape, data: vec![0.0; shape.iter().product()] }
     }
 
     /// A tensor whose element `(n, y, x, c)` is `f(n, y, x, c)`.

@@ -23,11 +23,7 @@ fn tmp(name: &str) -> PathBuf {
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("the program runs");
-    eprintln!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    eprintln!("stdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -35,20 +31,15 @@ fn run(cmd: &mut Command) -> Output {
 fn assert_fails(out: &Output, needles: &[&str]) {
     assert!(!out.status.success(), "expected a failure");
     let err = String::from_utf8_lossy(&out.stderr);
-    let line = err
-        .lines()
-        .rfind(|l| l.starts_with("error:") && !l.contains("XDG_RUNTIME_DIR"))
-        .unwrap_or_default();
+    let line = err.lines().rfind(|l| l.starts_with("error:") && !l.contains("XDG_RUNTIME_DIR")).unwrap_or_default();
     for n in needles {
         assert!(line.contains(n), "error line {line:?} does not mention {n:?}");
     }
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
@@ -79,17 +70,7 @@ fn attend_round_trip_on_both_backends_agrees_with_the_library() {
             .arg(&b)
             .arg("--mask")
             .arg(&m)
-            .args([
-                "--rate",
-                "2",
-                "--fuse-k",
-                "3",
-                "--softmax-scale",
-                "10",
-                "--backend",
-                backend,
-                "--out-y",
-            ])
+            .args(["--rate", "2", "--fuse-k", "3", "--softmax-scale", "10", "--backend", backend, "--out-y"])
             .arg(o("y"))
             .arg("--out-offsets")
             .arg(o("offsets"))
@@ -105,9 +86,7 @@ fn attend_round_trip_on_both_backends_agrees_with_the_library() {
     let read = |p: PathBuf| io::read_npy(&p).unwrap();
     let (yg, yc) = (read(dir.join("y_gpu.npy")), read(dir.join("y_cpu.npy")));
     assert_eq!(yg.shape, vec![2, 12, 16, 3]);
-    let (io::NpyData::F32(yg), io::NpyData::F32(yc)) = (yg.data, yc.data) else {
-        panic!("y must be float32")
-    };
+    let (io::NpyData::F32(yg), io::NpyData::F32(yc)) = (yg.data, yc.data) else { panic!("y must be float32") };
     common::assert_close("y gpu vs cpu", &yg, &common::to_f64(&yc), 1e-5, 1e-4);
     let og = read(dir.join("offsets_gpu.npy"));
     assert_eq!(og.shape, vec![2, 6, 8, 2]);
@@ -126,13 +105,10 @@ fn attend_round_trip_on_both_backends_agrees_with_the_library() {
         io::read_tensor_npy(&b, "b").unwrap(),
         io::read_tensor_npy(&m, "mask").unwrap(),
     );
-    let lib = ContextualAttention::cpu(Params {
-        rate: 2,
-        ..Default::default()
-    })
-    .unwrap()
-    .forward(&ft, &bt, Some(&mt))
-    .unwrap();
+    let lib = ContextualAttention::cpu(Params { rate: 2, ..Default::default() })
+        .unwrap()
+        .forward(&ft, &bt, Some(&mt))
+        .unwrap();
     common::assert_close("program vs library", &yc, &common::to_f64(lib.y.data()), 0.0, 0.0);
 }
 
@@ -146,20 +122,11 @@ fn attend_errors_are_one_line_and_leave_no_files() {
     let y = out_dir.join("y.npy");
     let attend = |extra: &[&str], f: &Path, b: &Path| {
         let mut c = bin();
-        c.args(["attend", "--backend", "cpu", "--f"])
-            .arg(f)
-            .arg("--b")
-            .arg(b)
-            .arg("--out-y")
-            .arg(&y)
-            .args(extra);
+        c.args(["attend", "--backend", "cpu", "--f"]).arg(f).arg("--b").arg(b).arg("--out-y").arg(&y).args(extra);
         run(&mut c)
     };
     // missing file
-    assert_fails(
-        &attend(&[], &dir.join("missing.npy"), &b),
-        &["missing.npy", "No such file"],
-    );
+    assert_fails(&attend(&[], &dir.join("missing.npy"), &b), &["missing.npy", "No such file"]);
     // wrong dtype
     io::write_npy_i32(&dir.join("int.npy"), &[1, 4, 4, 1], &[0; 16]).unwrap();
     assert_fails(&attend(&[], &dir.join("int.npy"), &b), &["int.npy", "float"]);
@@ -173,10 +140,7 @@ fn attend_errors_are_one_line_and_leave_no_files() {
     assert_fails(&attend(&[], &f, &dir.join("c1.npy")), &["channels"]);
     // bad mask shape
     io::write_npy_f32(&dir.join("badmask.npy"), &[1, 8, 8, 1], &[0.0; 64]).unwrap();
-    assert_fails(
-        &attend(&["--mask", dir.join("badmask.npy").to_str().unwrap()], &f, &b),
-        &["mask"],
-    );
+    assert_fails(&attend(&["--mask", dir.join("badmask.npy").to_str().unwrap()], &f, &b), &["mask"]);
     // a folder that does not exist, checked before any work
     let mut c = bin();
     c.args(["attend", "--backend", "cpu", "--f"])
@@ -187,28 +151,13 @@ fn attend_errors_are_one_line_and_leave_no_files() {
         .arg(dir.join("nowhere/y.npy"));
     assert_fails(&run(&mut c), &["does not exist"]);
     // bad --queries
+    assert_fails(&attend(&["--queries", "1,x", "--out-attention", "a.npy"], &f, &b), &["--queries"]);
     assert_fails(
-        &attend(&["--queries", "1,x", "--out-attention", "a.npy"], &f, &b),
-        &["--queries"],
-    );
-    assert_fails(
-        &attend(
-            &[
-                "--queries",
-                "99,0",
-                "--out-attention",
-                out_dir.join("a.npy").to_str().unwrap(),
-            ],
-            &f,
-            &b,
-        ),
+        &attend(&["--queries", "99,0", "--out-attention", out_dir.join("a.npy").to_str().unwrap()], &f, &b),
         &["outside"],
     );
     // bad parameter
-    assert_fails(
-        &attend(&["--rate", "2", "--paste-kernel", "1"], &f, &b),
-        &["paste_kernel"],
-    );
+    assert_fails(&attend(&["--rate", "2", "--paste-kernel", "1"], &f, &b), &["paste_kernel"]);
     // Nothing was written by any failed run, not even a temporary file.
     assert_eq!(files_in(&out_dir), Vec::<String>::new());
 }
@@ -239,26 +188,13 @@ fn demo_writes_its_pictures_and_reports_the_comparison() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("adapter:"), "the demo names the adapter");
     for run in ["reconstruction:", "hole filling, pass 1/3:", "identity_exact_r3k4:"] {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(run))
-            .unwrap_or_else(|| panic!("no {run} line"));
-        assert!(
-            line.contains("max |GPU − CPU|"),
-            "{run} is compared with the CPU twin: {line}"
-        );
+        let line = stdout.lines().find(|l| l.starts_with(run)).unwrap_or_else(|| panic!("no {run} line"));
+        assert!(line.contains("max |GPU − CPU|"), "{run} is compared with the CPU twin: {line}");
     }
     for name in ["identity_quarter_r2k4", "identity_quarter_r3k4", "identity_exact_r3k4"] {
         assert!(dir.join(format!("{name}.png")).is_file(), "{name}.png missing");
     }
-    for name in [
-        "reconstruction",
-        "reconstruction_flow",
-        "fill_input",
-        "fill_coarse",
-        "fill_result",
-        "fill_flow",
-    ] {
+    for name in ["reconstruction", "reconstruction_flow", "fill_input", "fill_coarse", "fill_result", "fill_flow"] {
         let p = dir.join(format!("{name}.png"));
         let img = image::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         assert!(img.width() > 0 && img.height() > 0);
@@ -268,27 +204,18 @@ fn demo_writes_its_pictures_and_reports_the_comparison() {
     let result = image::open(dir.join("fill_result.png")).unwrap().to_luma8();
     let (w, h) = input.dimensions();
     let centre = (w / 2, h / 2);
-    assert_eq!(
-        input.get_pixel(centre.0, centre.1).0[0],
-        255,
-        "the input shows the hole in white"
-    );
+    assert_eq!(input.get_pixel(centre.0, centre.1).0[0], 255, "the input shows the hole in white");
     assert_ne!(result.get_pixel(centre.0, centre.1).0[0], 255, "the result fills it");
 }
 
 #[test]
 fn fill_and_reconstruct_run_on_user_images() {
     let dir = tmp("images");
-    let img = image::RgbImage::from_fn(24, 20, |x, y| {
-        image::Rgb([(x * 10) as u8, (y * 12) as u8, ((x + y) * 5) as u8])
-    });
+    let img =
+        image::RgbImage::from_fn(24, 20, |x, y| image::Rgb([(x * 10) as u8, (y * 12) as u8, ((x + y) * 5) as u8]));
     img.save(dir.join("img.png")).unwrap();
     let mask = image::GrayImage::from_fn(24, 20, |x, y| {
-        image::Luma([if (8..14).contains(&x) && (6..12).contains(&y) {
-            255
-        } else {
-            0
-        }])
+        image::Luma([if (8..14).contains(&x) && (6..12).contains(&y) { 255 } else { 0 }])
     });
     mask.save(dir.join("mask.png")).unwrap();
     let out = run(bin()

@@ -23,10 +23,7 @@ struct Bad {
 }
 
 fn r2() -> Params {
-    Params {
-        rate: 2,
-        ..Default::default()
-    }
+    Params { rate: 2, ..Default::default() }
 }
 
 fn bad_shapes() -> Vec<Bad> {
@@ -37,17 +34,7 @@ fn bad_shapes() -> Vec<Bad> {
             f: [1, 7, 8, 2],
             b: [1, 8, 8, 2],
             mask: None,
-            variant: |e| {
-                matches!(
-                    e,
-                    Error::NotDivisible {
-                        tensor: "f",
-                        dim: "height",
-                        size: 7,
-                        rate: 2
-                    }
-                )
-            },
+            variant: |e| matches!(e, Error::NotDivisible { tensor: "f", dim: "height", size: 7, rate: 2 }),
             words: &["`f`", "height = 7", "not divisible by rate 2"],
         },
         Bad {
@@ -56,39 +43,16 @@ fn bad_shapes() -> Vec<Bad> {
             f: [1, 8, 9, 2],
             b: [1, 8, 8, 2],
             mask: None,
-            variant: |e| {
-                matches!(
-                    e,
-                    Error::NotDivisible {
-                        tensor: "f",
-                        dim: "width",
-                        size: 9,
-                        rate: 2
-                    }
-                )
-            },
+            variant: |e| matches!(e, Error::NotDivisible { tensor: "f", dim: "width", size: 9, rate: 2 }),
             words: &["`f`", "width = 9", "not divisible by rate 2"],
         },
         Bad {
             what: "b height not divisible by the rate",
-            params: Params {
-                rate: 3,
-                ..Default::default()
-            },
+            params: Params { rate: 3, ..Default::default() },
             f: [1, 9, 9, 2],
             b: [1, 10, 9, 2],
             mask: None,
-            variant: |e| {
-                matches!(
-                    e,
-                    Error::NotDivisible {
-                        tensor: "b",
-                        dim: "height",
-                        size: 10,
-                        rate: 3
-                    }
-                )
-            },
+            variant: |e| matches!(e, Error::NotDivisible { tensor: "b", dim: "height", size: 10, rate: 3 }),
             words: &["`b`", "height = 10", "not divisible by rate 3"],
         },
         Bad {
@@ -97,17 +61,7 @@ fn bad_shapes() -> Vec<Bad> {
             f: [1, 8, 8, 2],
             b: [1, 8, 11, 2],
             mask: None,
-            variant: |e| {
-                matches!(
-                    e,
-                    Error::NotDivisible {
-                        tensor: "b",
-                        dim: "width",
-                        size: 11,
-                        rate: 2
-                    }
-                )
-            },
+            variant: |e| matches!(e, Error::NotDivisible { tensor: "b", dim: "width", size: 11, rate: 2 }),
             words: &["`b`", "width = 11", "not divisible by rate 2"],
         },
         Bad {
@@ -200,77 +154,27 @@ fn bad_params() -> Vec<(Params, &'static str)> {
         (Params { ksize: 0, ..d.clone() }, "ksize"),
         (Params { stride: 0, ..d.clone() }, "stride"),
         (Params { rate: 0, ..d.clone() }, "rate"),
-        (
-            Params {
-                fuse_k: 0,
-                fuse: true,
-                ..d.clone()
-            },
-            "fuse_k",
-        ),
-        (
-            Params {
-                softmax_scale: f32::NAN,
-                ..d.clone()
-            },
-            "softmax_scale",
-        ),
-        (
-            Params {
-                softmax_scale: f32::INFINITY,
-                ..d.clone()
-            },
-            "softmax_scale",
-        ),
-        (
-            Params {
-                softmax_scale: f32::NEG_INFINITY,
-                ..d.clone()
-            },
-            "softmax_scale",
-        ),
-        (
-            Params {
-                rate: 3,
-                paste_kernel: Some(2),
-                ..d.clone()
-            },
-            "paste_kernel",
-        ),
-        (
-            Params {
-                rate: 2,
-                paste_kernel: Some(0),
-                ..d.clone()
-            },
-            "paste_kernel",
-        ),
-        (
-            Params {
-                memory_budget: Some(0),
-                ..d.clone()
-            },
-            "memory_budget",
-        ),
+        (Params { fuse_k: 0, fuse: true, ..d.clone() }, "fuse_k"),
+        (Params { softmax_scale: f32::NAN, ..d.clone() }, "softmax_scale"),
+        (Params { softmax_scale: f32::INFINITY, ..d.clone() }, "softmax_scale"),
+        (Params { softmax_scale: f32::NEG_INFINITY, ..d.clone() }, "softmax_scale"),
+        (Params { rate: 3, paste_kernel: Some(2), ..d.clone() }, "paste_kernel"),
+        (Params { rate: 2, paste_kernel: Some(0), ..d.clone() }, "paste_kernel"),
+        (Params { memory_budget: Some(0), ..d.clone() }, "memory_budget"),
     ]
 }
 
 fn check_message(what: &str, e: &Error, words: &[&str]) {
     let msg = e.to_string();
     for w in words {
-        assert!(
-            msg.to_lowercase().contains(&w.to_lowercase()),
-            "{what}: message {msg:?} does not mention {w:?}"
-        );
+        assert!(msg.to_lowercase().contains(&w.to_lowercase()), "{what}: message {msg:?} does not mention {w:?}");
     }
 }
 
 fn inputs(rng: &mut Rng, bad: &Bad) -> (Tensor, Tensor, Option<Tensor>) {
     let f = rng.tensor(bad.f, -1.0, 1.0);
     let b = rng.tensor(bad.b, -1.0, 1.0);
-    let mask = bad
-        .mask
-        .map(|m| Tensor::from_fn(m, |_, y, x, _| ((y + x) % 5 == 0) as u8 as f32));
+    let mask = bad.mask.map(|m| Tensor::from_fn(m, |_, y, x, _| ((y + x) % 5 == 0) as u8 as f32));
     (f, b, mask)
 }
 
@@ -287,16 +191,9 @@ fn bad_shapes_give_the_right_error() {
         // The CPU twin's layer gives the same error instead of panicking.
         let (f, b, mask) = inputs(&mut rng, &bad);
         let layer = ContextualAttention::cpu(bad.params.clone()).unwrap();
-        let e2 = layer
-            .forward(&f, &b, mask.as_ref())
-            .err()
-            .unwrap_or_else(|| panic!("{}: forward accepted it", bad.what));
-        assert_eq!(
-            e2.to_string(),
-            e.to_string(),
-            "{}: forward and Geometry::new disagree",
-            bad.what
-        );
+        let e2 =
+            layer.forward(&f, &b, mask.as_ref()).err().unwrap_or_else(|| panic!("{}: forward accepted it", bad.what));
+        assert_eq!(e2.to_string(), e.to_string(), "{}: forward and Geometry::new disagree", bad.what);
         assert!((bad.variant)(&e2), "{}: wrong variant from forward: {e2:?}", bad.what);
     }
 }
@@ -307,22 +204,13 @@ fn bad_params_give_invalid_param() {
     let x = rng.tensor([1, 12, 12, 2], -1.0, 1.0);
     for (params, name) in bad_params() {
         let what = format!("{name} in {params:?}");
-        let e = params
-            .validate()
-            .err()
-            .unwrap_or_else(|| panic!("{what}: validate accepted it"));
-        assert!(
-            matches!(&e, Error::InvalidParam { name: n, .. } if *n == name),
-            "{what}: wrong variant {e:?}"
-        );
+        let e = params.validate().err().unwrap_or_else(|| panic!("{what}: validate accepted it"));
+        assert!(matches!(&e, Error::InvalidParam { name: n, .. } if *n == name), "{what}: wrong variant {e:?}");
         check_message(&what, &e, &[name, "invalid parameter"]);
         let e = Geometry::new(&params, x.shape(), x.shape(), None)
             .err()
             .unwrap_or_else(|| panic!("{what}: Geometry::new accepted it"));
-        assert!(
-            matches!(&e, Error::InvalidParam { name: n, .. } if *n == name),
-            "{what}: Geometry::new gave {e:?}"
-        );
+        assert!(matches!(&e, Error::InvalidParam { name: n, .. } if *n == name), "{what}: Geometry::new gave {e:?}");
         let e = ContextualAttention::cpu(params.clone())
             .err()
             .unwrap_or_else(|| panic!("{what}: the CPU layer accepted it"));
@@ -332,20 +220,9 @@ fn bad_params_give_invalid_param() {
         );
     }
     // The messages say what would be accepted.
-    let e = Params {
-        rate: 3,
-        paste_kernel: Some(2),
-        ..Default::default()
-    }
-    .validate()
-    .unwrap_err();
+    let e = Params { rate: 3, paste_kernel: Some(2), ..Default::default() }.validate().unwrap_err();
     check_message("paste_kernel < rate", &e, &["at least the rate (3)"]);
-    let e = Params {
-        softmax_scale: f32::NAN,
-        ..Default::default()
-    }
-    .validate()
-    .unwrap_err();
+    let e = Params { softmax_scale: f32::NAN, ..Default::default() }.validate().unwrap_err();
     check_message("NaN softmax_scale", &e, &["finite"]);
 }
 
@@ -353,57 +230,26 @@ fn bad_params_give_invalid_param() {
 fn accepted_edge_cases() {
     let mut rng = Rng::new("accepted_edge_cases");
     // fuse_k 0 is only a problem with fuse on.
-    assert!(Params {
-        fuse_k: 0,
-        fuse: false,
-        ..Default::default()
-    }
-    .validate()
-    .is_ok());
+    assert!(Params { fuse_k: 0, fuse: false, ..Default::default() }.validate().is_ok());
     // paste kernel K = r is the smallest allowed.
-    assert!(Params {
-        rate: 3,
-        paste_kernel: Some(3),
-        ..Default::default()
-    }
-    .validate()
-    .is_ok());
+    assert!(Params { rate: 3, paste_kernel: Some(3), ..Default::default() }.validate().is_ok());
     // A tiny but positive budget is a valid parameter; it fails later with MemoryBudget.
-    assert!(Params {
-        memory_budget: Some(1),
-        ..Default::default()
-    }
-    .validate()
-    .is_ok());
+    assert!(Params { memory_budget: Some(1), ..Default::default() }.validate().is_ok());
     let x = rng.tensor([1, 8, 8, 2], -1.0, 1.0);
-    let layer = ContextualAttention::cpu(Params {
-        rate: 2,
-        memory_budget: Some(1),
-        ..Default::default()
-    })
-    .unwrap();
-    let e = layer
-        .forward(&x, &x, None)
-        .expect_err("a 1-byte budget cannot fit a tile");
+    let layer = ContextualAttention::cpu(Params { rate: 2, memory_budget: Some(1), ..Default::default() }).unwrap();
+    let e = layer.forward(&x, &x, None).expect_err("a 1-byte budget cannot fit a tile");
     assert!(matches!(e, Error::MemoryBudget { budget: 1, .. }), "{e:?}");
     check_message("1-byte budget", &e, &["memory budget", "raise"]);
 
     // Odd sizes at rate 1 (SPEC §9, G3), and f ≠ b sizes.
     let f = rng.tensor([1, 5, 7, 3], -1.0, 1.0);
     let b = rng.tensor([1, 6, 3, 3], -1.0, 1.0);
-    let out = ContextualAttention::cpu(Params::default())
-        .unwrap()
-        .forward(&f, &b, None)
-        .unwrap();
+    let out = ContextualAttention::cpu(Params::default()).unwrap().forward(&f, &b, None).unwrap();
     assert_eq!(out.y.shape(), [1, 5, 7, 3]);
 
     // Stride 2 is accepted (the original fails with a reshape error; SPEC §E extends it):
     // L = ceil(hb/2)·ceil(wb/2) patches.
-    let params = Params {
-        rate: 2,
-        stride: 2,
-        ..Default::default()
-    };
+    let params = Params { rate: 2, stride: 2, ..Default::default() };
     let f = rng.tensor([2, 8, 12, 2], -1.0, 1.0);
     let b = rng.tensor([2, 10, 6, 2], -1.0, 1.0);
     let g = Geometry::new(&params, f.shape(), b.shape(), None).unwrap();
@@ -418,35 +264,19 @@ fn accepted_edge_cases() {
     let x = rng.tensor([2, 8, 8, 2], -1.0, 1.0);
     for mb in [1, 2] {
         let mask = rng.hole(mb, 8, 8);
-        assert!(ContextualAttention::cpu(Params {
-            rate: 2,
-            ..Default::default()
-        })
-        .unwrap()
-        .forward(&x, &x, Some(&mask))
-        .is_ok());
+        assert!(ContextualAttention::cpu(Params { rate: 2, ..Default::default() })
+            .unwrap()
+            .forward(&x, &x, Some(&mask))
+            .is_ok());
     }
 
     // Everything masked runs and gives exactly 0 (SPEC §2.3, not an error).
     for fuse in [true, false] {
-        let params = Params {
-            rate: 2,
-            fuse,
-            ..Default::default()
-        };
+        let params = Params { rate: 2, fuse, ..Default::default() };
         let mask = Tensor::from_fn([2, 8, 8, 1], |_, _, _, _| 1.0);
-        let out = ContextualAttention::cpu(params)
-            .unwrap()
-            .forward(&x, &x, Some(&mask))
-            .unwrap();
-        assert!(
-            out.y.data().iter().all(|&v| v == 0.0),
-            "fuse {fuse}: y not exactly 0 with everything masked"
-        );
-        assert!(
-            out.mass.iter().all(|&m| m == 0.0),
-            "fuse {fuse}: mass not 0 with everything masked"
-        );
+        let out = ContextualAttention::cpu(params).unwrap().forward(&x, &x, Some(&mask)).unwrap();
+        assert!(out.y.data().iter().all(|&v| v == 0.0), "fuse {fuse}: y not exactly 0 with everything masked");
+        assert!(out.mass.iter().all(|&m| m == 0.0), "fuse {fuse}: mass not 0 with everything masked");
     }
 }
 
@@ -456,23 +286,14 @@ fn gpu_forward_returns_the_same_errors() {
     let mut rng = Rng::new("gpu_forward_returns_the_same_errors");
     for bad in bad_shapes() {
         let (f, b, mask) = inputs(&mut rng, &bad);
-        let cpu = ContextualAttention::cpu(bad.params.clone())
-            .unwrap()
-            .forward(&f, &b, mask.as_ref())
-            .err()
-            .unwrap();
+        let cpu = ContextualAttention::cpu(bad.params.clone()).unwrap().forward(&f, &b, mask.as_ref()).err().unwrap();
         let layer = ContextualAttention::new(gpu, bad.params.clone()).unwrap();
         let e = layer
             .forward(&f, &b, mask.as_ref())
             .err()
             .unwrap_or_else(|| panic!("{}: the GPU forward accepted it", bad.what));
         assert!((bad.variant)(&e), "{}: wrong variant on the GPU: {e:?}", bad.what);
-        assert_eq!(
-            e.to_string(),
-            cpu.to_string(),
-            "{}: GPU and CPU errors differ",
-            bad.what
-        );
+        assert_eq!(e.to_string(), cpu.to_string(), "{}: GPU and CPU errors differ", bad.what);
         // The layer is still usable after a rejected call.
         let ok = rng.tensor([1, 12, 12, 2], -1.0, 1.0);
         let out = layer
@@ -484,23 +305,11 @@ fn gpu_forward_returns_the_same_errors() {
         let e = ContextualAttention::new(gpu, params.clone())
             .err()
             .unwrap_or_else(|| panic!("{name}: the GPU layer accepted {params:?}"));
-        assert!(
-            matches!(&e, Error::InvalidParam { name: n, .. } if *n == name),
-            "{name}: the GPU layer gave {e:?}"
-        );
+        assert!(matches!(&e, Error::InvalidParam { name: n, .. } if *n == name), "{name}: the GPU layer gave {e:?}");
     }
     let x = rng.tensor([1, 8, 8, 2], -1.0, 1.0);
-    let layer = ContextualAttention::new(
-        gpu,
-        Params {
-            rate: 2,
-            memory_budget: Some(1),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let e = layer
-        .forward(&x, &x, None)
-        .expect_err("a 1-byte budget cannot fit a tile on the GPU either");
+    let layer =
+        ContextualAttention::new(gpu, Params { rate: 2, memory_budget: Some(1), ..Default::default() }).unwrap();
+    let e = layer.forward(&x, &x, None).expect_err("a 1-byte budget cannot fit a tile on the GPU either");
     assert!(matches!(e, Error::MemoryBudget { budget: 1, .. }), "{e:?}");
 }

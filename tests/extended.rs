@@ -7,13 +7,7 @@ use contextual_attention::{ContextualAttention, FuseMode, Masking, Overlap, Para
 
 fn close(what: &str, got: &Tensor, want: &Tensor, rtol: f64) {
     let scale = want.data().iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
-    common::assert_close(
-        what,
-        got.data(),
-        &common::to_f64(want.data()),
-        rtol * scale.max(1e-30),
-        0.0,
-    );
+    common::assert_close(what, got.data(), &common::to_f64(want.data()), rtol * scale.max(1e-30), 0.0);
 }
 
 #[test]
@@ -26,35 +20,20 @@ fn per_sample_masks_equal_running_each_item_alone() {
     let m1 = rng.hole(1, 16, 12);
     let masks = Tensor::new([2, 16, 12, 1], [m0.data(), m1.data()].concat()).unwrap();
     for params in [
-        Params {
-            rate: 2,
-            ..Default::default()
-        },
-        Params {
-            rate: 2,
-            masking: Masking::Exclude,
-            fuse_mode: FuseMode::Spatial,
-            ..Default::default()
-        },
+        Params { rate: 2, ..Default::default() },
+        Params { rate: 2, masking: Masking::Exclude, fuse_mode: FuseMode::Spatial, ..Default::default() },
     ] {
         let layer = ContextualAttention::new(gpu, params.clone()).unwrap();
         let both = layer.forward(&f, &b, Some(&masks)).unwrap();
         for (n, m) in [(0, &m0), (1, &m1)] {
             let alone = layer.forward(&f.item(n), &b.item(n), Some(m)).unwrap();
             let q = alone.argmax.len();
-            assert_eq!(
-                &both.argmax[n * q..(n + 1) * q],
-                &alone.argmax[..],
-                "argmax of item {n}"
-            );
+            assert_eq!(&both.argmax[n * q..(n + 1) * q], &alone.argmax[..], "argmax of item {n}");
             assert_eq!(&both.mass[n * q..(n + 1) * q], &alone.mass[..], "mass of item {n}");
             assert_eq!(both.y.item(n), alone.y, "y of item {n}");
         }
         // and the twin agrees
-        let twin = ContextualAttention::cpu(params)
-            .unwrap()
-            .forward(&f, &b, Some(&masks))
-            .unwrap();
+        let twin = ContextualAttention::cpu(params).unwrap().forward(&f, &b, Some(&masks)).unwrap();
         close("per-sample masks, GPU vs twin", &both.y, &twin.y, 1e-5);
         assert_eq!(both.argmax, twin.argmax);
     }
@@ -66,56 +45,25 @@ fn exclude_masking_gives_mass_one_and_zero_when_everything_is_masked() {
     let mut rng = common::Rng::new("exclude");
     let x = rng.tensor([1, 16, 16, 4], 0.0, 1.0);
     let hole = rng.hole(1, 16, 16);
-    let exclude = Params {
-        rate: 2,
-        masking: Masking::Exclude,
-        ..Default::default()
-    };
-    let out = ContextualAttention::new(gpu, exclude.clone())
-        .unwrap()
-        .forward(&x, &x, Some(&hole))
-        .unwrap();
+    let exclude = Params { rate: 2, masking: Masking::Exclude, ..Default::default() };
+    let out = ContextualAttention::new(gpu, exclude.clone()).unwrap().forward(&x, &x, Some(&hole)).unwrap();
     for (q, &m) in out.mass.iter().enumerate() {
         assert!((m - 1.0).abs() <= 1e-5, "query {q}: mass {m} with −∞ masking");
     }
     // The original's 0 logits lose mass (the masked patches stay in the denominator), visibly so
     // with a large hole and a low softmax scale.
-    let big_hole = Tensor::from_fn([1, 16, 16, 1], |_, y, x, _| {
-        ((2..14).contains(&y) && (2..14).contains(&x)) as u8 as f32
-    });
-    let zero = ContextualAttention::new(
-        gpu,
-        Params {
-            rate: 2,
-            softmax_scale: 0.5,
-            ..Default::default()
-        },
-    )
-    .unwrap()
-    .forward(&x, &x, Some(&big_hole))
-    .unwrap();
-    assert!(
-        zero.mass.iter().any(|&m| m < 0.999),
-        "0-logit masking keeps all mass: {:?}",
-        &zero.mass[..4]
-    );
+    let big_hole =
+        Tensor::from_fn([1, 16, 16, 1], |_, y, x, _| ((2..14).contains(&y) && (2..14).contains(&x)) as u8 as f32);
+    let zero = ContextualAttention::new(gpu, Params { rate: 2, softmax_scale: 0.5, ..Default::default() })
+        .unwrap()
+        .forward(&x, &x, Some(&big_hole))
+        .unwrap();
+    assert!(zero.mass.iter().any(|&m| m < 0.999), "0-logit masking keeps all mass: {:?}", &zero.mass[..4]);
     // Everything masked: y = 0 exactly, mass 0, never NaN.
     let all = Tensor::from_fn([1, 16, 16, 1], |_, _, _, _| 1.0);
-    for params in [
-        exclude,
-        Params {
-            rate: 2,
-            ..Default::default()
-        },
-    ] {
-        let out = ContextualAttention::new(gpu, params)
-            .unwrap()
-            .forward(&x, &x, Some(&all))
-            .unwrap();
-        assert!(
-            out.y.data().iter().all(|&v| v == 0.0),
-            "y must be exactly 0 when every patch is masked"
-        );
+    for params in [exclude, Params { rate: 2, ..Default::default() }] {
+        let out = ContextualAttention::new(gpu, params).unwrap().forward(&x, &x, Some(&all)).unwrap();
+        assert!(out.y.data().iter().all(|&v| v == 0.0), "y must be exactly 0 when every patch is masked");
         assert!(out.mass.iter().all(|&m| m == 0.0));
     }
 }
@@ -127,33 +75,19 @@ fn attention_rows_match_the_twin_and_the_other_outputs() {
     let f = rng.tensor([2, 16, 20, 3], -1.0, 1.0);
     let b = rng.tensor([2, 12, 12, 3], -1.0, 1.0);
     let mask = rng.hole(1, 12, 12);
-    let params = Params {
-        rate: 2,
-        ..Default::default()
-    };
+    let params = Params { rate: 2, ..Default::default() };
     let queries = [(0, 0), (3, 9), (7, 4), (5, 0)];
-    let twin = ContextualAttention::cpu(params.clone())
-        .unwrap()
-        .forward_inspect(&f, &b, Some(&mask), &queries)
-        .unwrap();
+    let twin =
+        ContextualAttention::cpu(params.clone()).unwrap().forward_inspect(&f, &b, Some(&mask), &queries).unwrap();
     let l = 36;
     let one_tile = ContextualAttention::new(gpu, params.clone()).unwrap();
-    let whole = one_tile
-        .plan(f.shape(), b.shape(), Some(mask.shape()))
-        .unwrap()
-        .tile_bytes;
+    let whole = one_tile.plan(f.shape(), b.shape(), Some(mask.shape())).unwrap().tile_bytes;
     // Budgets that give one tile, tiles of a few rows, and tiles of one row, so the queries
     // land in different tiles.
     let mut most_tiles = 0;
     for budget in [whole, whole * 3 / 4, whole / 2, whole * 2 / 5, whole / 3] {
-        let layer = ContextualAttention::new(
-            gpu,
-            Params {
-                memory_budget: Some(budget.max(1)),
-                ..params.clone()
-            },
-        )
-        .unwrap();
+        let layer =
+            ContextualAttention::new(gpu, Params { memory_budget: Some(budget.max(1)), ..params.clone() }).unwrap();
         let plan = match layer.plan(f.shape(), b.shape(), Some(mask.shape())) {
             Ok(p) => p,
             Err(_) => continue, // the 1-byte budget is refused; the smallest tiles come next
@@ -177,37 +111,16 @@ fn attention_rows_match_the_twin_and_the_other_outputs() {
                 let row = &out.attention_rows[(n * queries.len() + q) * l..][..l];
                 let at = n * 8 * 10 + i * 10 + j;
                 let sum: f32 = row.iter().sum();
-                assert!(
-                    (sum - out.mass[at]).abs() <= 1e-5,
-                    "row sum {sum} vs mass {}",
-                    out.mass[at]
-                );
-                let best = row
-                    .iter()
-                    .enumerate()
-                    .fold(0, |b, (k, &v)| if v > row[b] { k } else { b });
-                assert_eq!(
-                    best as u32,
-                    out.argmax[at],
-                    "row argmax vs argmax at item {n} query {:?}",
-                    (i, j)
-                );
+                assert!((sum - out.mass[at]).abs() <= 1e-5, "row sum {sum} vs mass {}", out.mass[at]);
+                let best = row.iter().enumerate().fold(0, |b, (k, &v)| if v > row[b] { k } else { b });
+                assert_eq!(best as u32, out.argmax[at], "row argmax vs argmax at item {n} query {:?}", (i, j));
             }
         }
     }
-    assert!(
-        most_tiles >= 4,
-        "the budgets gave at most {most_tiles} tiles; the test needs queries spread over tiles"
-    );
+    assert!(most_tiles >= 4, "the budgets gave at most {most_tiles} tiles; the test needs queries spread over tiles");
     let layer = one_tile;
     let bad = layer.forward_inspect(&f, &b, Some(&mask), &[(8, 0)]);
-    assert!(
-        matches!(
-            bad,
-            Err(contextual_attention::Error::InvalidParam { name: "queries", .. })
-        ),
-        "{bad:?}"
-    );
+    assert!(matches!(bad, Err(contextual_attention::Error::InvalidParam { name: "queries", .. })), "{bad:?}");
 }
 
 #[test]
@@ -216,79 +129,25 @@ fn every_option_is_tiling_invariant_on_the_gpu() {
     let mut rng = common::Rng::new("tiling per option");
     let x = rng.tensor([1, 18, 12, 3], -1.0, 1.0);
     let hole = rng.hole(1, 18, 12);
-    let base = Params {
-        rate: 3,
-        ..Default::default()
-    };
+    let base = Params { rate: 3, ..Default::default() };
     let options = [
-        (
-            "exact overlap",
-            Params {
-                overlap: Overlap::Exact,
-                ..base.clone()
-            },
-        ),
-        (
-            "paste kernel 4 at rate 3",
-            Params {
-                paste_kernel: Some(4),
-                ..base.clone()
-            },
-        ),
-        (
-            "paste kernel 9",
-            Params {
-                paste_kernel: Some(9),
-                overlap: Overlap::Exact,
-                ..base.clone()
-            },
-        ),
-        (
-            "stride 2",
-            Params {
-                stride: 2,
-                ..base.clone()
-            },
-        ),
-        (
-            "exclude masking",
-            Params {
-                masking: Masking::Exclude,
-                ..base.clone()
-            },
-        ),
-        (
-            "spatial fuse",
-            Params {
-                fuse_mode: FuseMode::Spatial,
-                ..base.clone()
-            },
-        ),
-        (
-            "fuse_k 5",
-            Params {
-                fuse_k: 5,
-                ..base.clone()
-            },
-        ),
+        ("exact overlap", Params { overlap: Overlap::Exact, ..base.clone() }),
+        ("paste kernel 4 at rate 3", Params { paste_kernel: Some(4), ..base.clone() }),
+        ("paste kernel 9", Params { paste_kernel: Some(9), overlap: Overlap::Exact, ..base.clone() }),
+        ("stride 2", Params { stride: 2, ..base.clone() }),
+        ("exclude masking", Params { masking: Masking::Exclude, ..base.clone() }),
+        ("spatial fuse", Params { fuse_mode: FuseMode::Spatial, ..base.clone() }),
+        ("fuse_k 5", Params { fuse_k: 5, ..base.clone() }),
     ];
     for (name, params) in options {
         let layer = ContextualAttention::new(gpu, params.clone()).unwrap();
         let whole = layer.forward_with_tile_rows(6, &x, &x, Some(&hole)).unwrap();
         for rows in [1, 2, 4] {
             let tiled = layer.forward_with_tile_rows(rows, &x, &x, Some(&hole)).unwrap();
-            close(
-                &format!("{name}, {rows}-row tiles vs one tile"),
-                &tiled.y,
-                &whole.y,
-                1e-6,
-            );
+            close(&format!("{name}, {rows}-row tiles vs one tile"), &tiled.y, &whole.y, 1e-6);
             assert_eq!(tiled.argmax, whole.argmax, "{name}: argmax with {rows}-row tiles");
         }
-        let twin = ContextualAttention::cpu(params)
-            .unwrap()
-            .forward(&x, &x, Some(&hole))
-            .unwrap();
+        let twin = ContextualAttention::cpu(params).unwrap().forward(&x, &x, Some(&hole)).unwrap();
         close(&format!("{name}, GPU vs twin"), &whole.y, &twin.y, 1e-5);
     }
 }
@@ -307,14 +166,8 @@ fn layer_runs_on_a_device_the_caller_owns() {
     let gpu = contextual_attention::Gpu::from_device(device.clone(), queue, adapter.get_info());
     let mut rng = common::Rng::new("own device");
     let x = rng.tensor([1, 12, 12, 3], -1.0, 1.0);
-    let params = Params {
-        rate: 2,
-        ..Default::default()
-    };
-    let out = ContextualAttention::new(&gpu, params.clone())
-        .unwrap()
-        .forward(&x, &x, None)
-        .unwrap();
+    let params = Params { rate: 2, ..Default::default() };
+    let out = ContextualAttention::new(&gpu, params.clone()).unwrap().forward(&x, &x, None).unwrap();
     let twin = ContextualAttention::cpu(params).unwrap().forward(&x, &x, None).unwrap();
     close("caller's device vs twin", &out.y, &twin.y, 1e-5);
     // The caller's device still works for its own work afterwards.
@@ -333,14 +186,8 @@ fn the_default_budget_is_a_target_and_an_explicit_one_a_limit() {
     // matrix, in one-row tiles within the default 256 MiB.
     let shape = [1, 270, 480, 96];
     let mask = Some([1, 270, 480, 1]);
-    let model = Params {
-        rate: 2,
-        ..Default::default()
-    };
-    let plan = ContextualAttention::cpu(model.clone())
-        .unwrap()
-        .plan(shape, shape, mask)
-        .unwrap();
+    let model = Params { rate: 2, ..Default::default() };
+    let plan = ContextualAttention::cpu(model.clone()).unwrap().plan(shape, shape, mask).unwrap();
     let full = 32_400u64 * 32_400 * 4;
     eprintln!(
         "1080p default plan: {} tiles of {} rows, {} MiB per tile (whole matrix {} MiB)",
@@ -353,10 +200,7 @@ fn the_default_budget_is_a_target_and_an_explicit_one_a_limit() {
     // 2560×1600 (400×640×96): one-row tiles need more than 256 MiB. The default budget is a
     // target and uses them anyway; the same budget given explicitly is a limit.
     let (shape, mask) = ([1, 400, 640, 96], Some([1, 400, 640, 1]));
-    let plan = ContextualAttention::cpu(model.clone())
-        .unwrap()
-        .plan(shape, shape, mask)
-        .unwrap();
+    let plan = ContextualAttention::cpu(model.clone()).unwrap().plan(shape, shape, mask).unwrap();
     eprintln!(
         "2560x1600 default plan: {} tiles of {} rows, {} MiB per tile",
         plan.tiles.len(),
@@ -364,26 +208,15 @@ fn the_default_budget_is_a_target_and_an_explicit_one_a_limit() {
         plan.tile_bytes >> 20
     );
     assert!(plan.rows_per_tile == 1 && plan.tile_bytes > 256 << 20);
-    let strict = ContextualAttention::cpu(Params {
-        memory_budget: Some(256 << 20),
-        ..model.clone()
-    })
-    .unwrap();
+    let strict = ContextualAttention::cpu(Params { memory_budget: Some(256 << 20), ..model.clone() }).unwrap();
     match strict.plan(shape, shape, mask) {
         Err(err @ contextual_attention::Error::MemoryBudget { .. }) => {
             assert!(err.to_string().contains("raise the memory budget"), "{err}")
         }
-        other => panic!(
-            "an explicit 256 MiB budget must be refused, got {:?}",
-            other.map(|p| p.tiles.len())
-        ),
+        other => panic!("an explicit 256 MiB budget must be refused, got {:?}", other.map(|p| p.tiles.len())),
     }
     // With room, tiles grow.
-    let roomy = ContextualAttention::cpu(Params {
-        memory_budget: Some(4 << 30),
-        ..model
-    })
-    .unwrap();
+    let roomy = ContextualAttention::cpu(Params { memory_budget: Some(4 << 30), ..model }).unwrap();
     assert!(roomy.plan(shape, shape, mask).unwrap().rows_per_tile > 1);
 }
 
@@ -392,34 +225,19 @@ fn the_compute_pass_is_timed_where_the_device_has_timestamps() {
     let gpu = gpu_or_skip!();
     let mut rng = common::Rng::new("timestamps");
     let x = rng.tensor([1, 16, 16, 4], -1.0, 1.0);
-    let layer = ContextualAttention::new(
-        gpu,
-        Params {
-            rate: 2,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let layer = ContextualAttention::new(gpu, Params { rate: 2, ..Default::default() }).unwrap();
     let start = std::time::Instant::now();
     let out = layer.forward(&x, &x, None).unwrap();
     let wall_ms = start.elapsed().as_secs_f64() * 1e3;
     if gpu.device().features().contains(wgpu::Features::TIMESTAMP_QUERY) {
         let t = out.gpu_time_ms.expect("a device with timestamps reports the pass time");
         eprintln!("pass {t:.3} ms of {wall_ms:.3} ms wall");
-        assert!(
-            t > 0.0 && t <= wall_ms,
-            "pass time {t} ms must lie in (0, {wall_ms}] ms"
-        );
+        assert!(t > 0.0 && t <= wall_ms, "pass time {t} ms must lie in (0, {wall_ms}] ms");
     } else {
         assert_eq!(out.gpu_time_ms, None);
     }
-    let cpu = ContextualAttention::cpu(Params {
-        rate: 2,
-        ..Default::default()
-    })
-    .unwrap()
-    .forward(&x, &x, None)
-    .unwrap();
+    let cpu =
+        ContextualAttention::cpu(Params { rate: 2, ..Default::default() }).unwrap().forward(&x, &x, None).unwrap();
     assert_eq!(cpu.gpu_time_ms, None);
 }
 
@@ -429,52 +247,25 @@ fn progress_is_reported_per_tile_and_changes_nothing() {
     let mut rng = common::Rng::new("progress");
     let x = rng.tensor([2, 16, 16, 3], -1.0, 1.0);
     let hole = rng.hole(1, 16, 16);
-    let params = Params {
-        rate: 2,
-        ..Default::default()
-    };
+    let params = Params { rate: 2, ..Default::default() };
     let whole = ContextualAttention::new(gpu, params.clone())
         .unwrap()
         .plan(x.shape(), x.shape(), Some(hole.shape()))
         .unwrap()
         .tile_bytes;
-    for backend in [
-        contextual_attention::Backend::Gpu(gpu.clone()),
-        contextual_attention::Backend::Cpu,
-    ] {
-        let tiled = ContextualAttention::with_backend(
-            backend,
-            Params {
-                memory_budget: Some(whole * 2 / 3),
-                ..params.clone()
-            },
-        )
-        .unwrap();
-        let tiles = tiled
-            .plan(x.shape(), x.shape(), Some(hole.shape()))
-            .unwrap()
-            .tiles
-            .len();
+    for backend in [contextual_attention::Backend::Gpu(gpu.clone()), contextual_attention::Backend::Cpu] {
+        let tiled =
+            ContextualAttention::with_backend(backend, Params { memory_budget: Some(whole * 2 / 3), ..params.clone() })
+                .unwrap();
+        let tiles = tiled.plan(x.shape(), x.shape(), Some(hole.shape())).unwrap().tiles.len();
         assert!(tiles >= 2);
         let mut seen = Vec::new();
-        let out = tiled
-            .forward_with_progress(&x, &x, Some(&hole), &mut |done, total| seen.push((done, total)))
-            .unwrap();
+        let out =
+            tiled.forward_with_progress(&x, &x, Some(&hole), &mut |done, total| seen.push((done, total))).unwrap();
         let total = seen.last().expect("progress was reported").1;
-        assert!(
-            total >= 2 * tiles,
-            "{} reports {total} steps for 2 items of {tiles} tiles",
-            tiled.describe_backend()
-        );
-        assert_eq!(
-            seen,
-            (1..=total).map(|d| (d, total)).collect::<Vec<_>>(),
-            "progress counts up by one to the total"
-        );
+        assert!(total >= 2 * tiles, "{} reports {total} steps for 2 items of {tiles} tiles", tiled.describe_backend());
+        assert_eq!(seen, (1..=total).map(|d| (d, total)).collect::<Vec<_>>(), "progress counts up by one to the total");
         let plain = tiled.forward(&x, &x, Some(&hole)).unwrap();
-        assert!(
-            out.y == plain.y && out.argmax == plain.argmax && out.mass == plain.mass,
-            "progress changes nothing"
-        );
+        assert!(out.y == plain.y && out.argmax == plain.argmax && out.mass == plain.mass, "progress changes nothing");
     }
 }

@@ -122,12 +122,9 @@ fn random_values(n: usize, mut state: u64) -> Vec<f32> {
 
 #[test]
 fn upscale_matches_a_direct_f64_formula() {
-    for &(h, w, ch, oh, ow) in &[
-        (3usize, 5usize, 3usize, 6usize, 10usize),
-        (4, 4, 1, 12, 12),
-        (2, 7, 2, 8, 14),
-        (5, 3, 3, 1, 9),
-    ] {
+    for &(h, w, ch, oh, ow) in
+        &[(3usize, 5usize, 3usize, 6usize, 10usize), (4, 4, 1, 12, 12), (2, 7, 2, 8, 14), (5, 3, 3, 1, 9)]
+    {
         let img = random_values(h * w * ch, 0x9E37_79B9_7F4A_7C15 ^ (h * 131 + w) as u64);
         let got = upscale_bilinear_align_corners(&img, h, w, ch, oh, ow);
         assert_eq!(got.len(), oh * ow * ch);

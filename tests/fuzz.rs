@@ -21,21 +21,9 @@ fn random_configurations_agree_with_the_twin() {
             fuse: rng.below(4) != 0,
             fuse_k: 1 + rng.below(5),
             paste_kernel: (rng.below(3) == 0).then(|| rate + rng.below(2 * rate + 1)),
-            overlap: if rng.below(2) == 0 {
-                Overlap::Quarter
-            } else {
-                Overlap::Exact
-            },
-            masking: if rng.below(2) == 0 {
-                Masking::ZeroLogit
-            } else {
-                Masking::Exclude
-            },
-            fuse_mode: if rng.below(2) == 0 {
-                FuseMode::Wrap
-            } else {
-                FuseMode::Spatial
-            },
+            overlap: if rng.below(2) == 0 { Overlap::Quarter } else { Overlap::Exact },
+            masking: if rng.below(2) == 0 { Masking::ZeroLogit } else { Masking::Exclude },
+            fuse_mode: if rng.below(2) == 0 { FuseMode::Wrap } else { FuseMode::Spatial },
             softmax_scale: [0.5, 10.0, 100.0][rng.below(3)],
             ..Default::default()
         };
@@ -46,9 +34,7 @@ fn random_configurations_agree_with_the_twin() {
         let b = rng.tensor([batch, hb, wb, c], -1.0, 1.0);
         let mask_batch = if rng.below(2) == 0 { 1 } else { batch };
         let mask = (rng.below(3) != 0).then(|| {
-            let ones: Vec<f32> = (0..mask_batch * hb * wb)
-                .map(|_| (rng.below(4) == 0) as u8 as f32)
-                .collect();
+            let ones: Vec<f32> = (0..mask_batch * hb * wb).map(|_| (rng.below(4) == 0) as u8 as f32).collect();
             Tensor::new([mask_batch, hb, wb, 1], ones).unwrap()
         });
         let rows = 1 + rng.below(3);
@@ -58,20 +44,13 @@ fn random_configurations_agree_with_the_twin() {
             b.shape(),
             mask.as_ref().map(|m| m.shape())
         );
-        let on_gpu = ContextualAttention::new(gpu, params.clone())
-            .unwrap()
-            .forward_with_tile_rows(rows, &f, &b, mask.as_ref());
+        let on_gpu =
+            ContextualAttention::new(gpu, params.clone()).unwrap().forward_with_tile_rows(rows, &f, &b, mask.as_ref());
         let on_cpu = ContextualAttention::cpu(params).unwrap().forward(&f, &b, mask.as_ref());
         match (on_gpu, on_cpu) {
             (Ok(g), Ok(t)) => {
                 let scale = t.y.data().iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6) as f64;
-                common::assert_close(
-                    &format!("{what}: y"),
-                    g.y.data(),
-                    &common::to_f64(t.y.data()),
-                    1e-4 * scale,
-                    0.0,
-                );
+                common::assert_close(&format!("{what}: y"), g.y.data(), &common::to_f64(t.y.data()), 1e-4 * scale, 0.0);
                 common::assert_close(&format!("{what}: mass"), &g.mass, &common::to_f64(&t.mass), 1e-4, 0.0);
                 checked += 1;
             }

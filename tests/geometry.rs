@@ -21,13 +21,7 @@ use contextual_attention::{ContextualAttention, Error, FuseMode, Geometry, Maski
 
 /// Geometry for fuse experiments: rate 1, ksize 1, so the grids are the input sizes.
 fn fuse_geometry(fh: usize, fw: usize, bh: usize, bw: usize, fuse_k: usize, mode: FuseMode) -> Geometry {
-    let params = Params {
-        rate: 1,
-        ksize: 1,
-        fuse_k,
-        fuse_mode: mode,
-        ..Default::default()
-    };
+    let params = Params { rate: 1, ksize: 1, fuse_k, fuse_mode: mode, ..Default::default() };
     Geometry::new(&params, [1, fh, fw, 1], [1, bh, bw, 1], None).unwrap()
 }
 
@@ -119,21 +113,14 @@ fn box_filter(s: &[f64], f: (usize, usize), b: (usize, usize), fk: usize) -> Vec
 }
 
 fn fraction_differing(a: &[f64], b: &[f64]) -> f64 {
-    let n = a
-        .iter()
-        .zip(b)
-        .filter(|(x, y)| (*x - *y).abs() > 1e-9 * (1.0 + x.abs()))
-        .count();
+    let n = a.iter().zip(b).filter(|(x, y)| (*x - *y).abs() > 1e-9 * (1.0 + x.abs())).count();
     n as f64 / a.len() as f64
 }
 
 fn assert_close64(what: &str, got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * (1.0 + w.abs()),
-            "{what}: element {i}: got {g}, want {w}"
-        );
+        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}: element {i}: got {g}, want {w}");
     }
 }
 
@@ -167,11 +154,7 @@ fn same_padding_table() {
     }
     for r in 1..6 {
         for h in 1..6 {
-            assert_eq!(
-                same_padding(h * r, 2 * r, r),
-                (h, r / 2, r.div_ceil(2)),
-                "raw kernel, r={r}, h={h}"
-            );
+            assert_eq!(same_padding(h * r, 2 * r, r), (h, r / 2, r.div_ceil(2)), "raw kernel, r={r}, h={h}");
         }
     }
 }
@@ -202,29 +185,13 @@ fn nn_index_maps() {
     // rule: at h = 27 the f32 product 13 · f32(53/26) is 26.499998, not 26.5, so the f32 rule
     // (which SPEC §2.5 says is bit-exact against TF, verified for every H ≤ 69) gives 26 there.
     for h in 2..70usize {
-        let mut want: Vec<u32> = (0..h)
-            .map(|i| {
-                if (2 * i) < h - 1 {
-                    2 * i as u32
-                } else {
-                    2 * i as u32 + 1
-                }
-            })
-            .collect();
+        let mut want: Vec<u32> =
+            (0..h).map(|i| if (2 * i) < h - 1 { 2 * i as u32 } else { 2 * i as u32 + 1 }).collect();
         if h == 27 {
-            assert_eq!(
-                13.0f32 * (53.0f32 / 26.0f32),
-                26.499998f32,
-                "f32 product of the h = 27 tie"
-            );
+            assert_eq!(13.0f32 * (53.0f32 / 26.0f32), 26.499998f32, "f32 product of the h = 27 tie");
             want[13] = 26;
         }
-        assert_eq!(
-            nn_indices(2 * h, h),
-            want,
-            "nn_indices({}, {h}) against the r=2 closed form",
-            2 * h
-        );
+        assert_eq!(nn_indices(2 * h, h), want, "nn_indices({}, {h}) against the r=2 closed form", 2 * h);
     }
     for n in [1, 2, 3, 7, 64, 1000] {
         assert_eq!(nn_indices(n, 1), vec![0], "nn_indices({n}, 1)");
@@ -286,33 +253,18 @@ fn fuse_contributors_match_spec_table() {
                 (2, 2, 1, 0),
             ]),
         ),
-        (
-            (0, 0, 0, 0),
-            pairs(&[(0, 0, 0, 0), (0, 1, 0, 1), (0, 2, 0, 2), (1, 0, 1, 0), (1, 1, 1, 1)]),
-        ),
-        (
-            (2, 2, 2, 2),
-            pairs(&[(1, 1, 1, 1), (1, 2, 1, 2), (2, 0, 2, 0), (2, 1, 2, 1), (2, 2, 2, 2)]),
-        ),
-        (
-            (1, 2, 0, 0),
-            pairs(&[(1, 2, 0, 0), (2, 0, 0, 1), (2, 1, 0, 2), (2, 2, 1, 0)]),
-        ),
+        ((0, 0, 0, 0), pairs(&[(0, 0, 0, 0), (0, 1, 0, 1), (0, 2, 0, 2), (1, 0, 1, 0), (1, 1, 1, 1)])),
+        ((2, 2, 2, 2), pairs(&[(1, 1, 1, 1), (1, 2, 1, 2), (2, 0, 2, 0), (2, 1, 2, 1), (2, 2, 2, 2)])),
+        ((1, 2, 0, 0), pairs(&[(1, 2, 0, 0), (2, 0, 0, 1), (2, 1, 0, 2), (2, 2, 1, 0)])),
     ];
     let counts = [9, 8, 5, 5, 4];
     for (((i, j, u, v), want), count) in cases.iter().zip(counts) {
         assert_eq!(want.len(), count, "test table itself");
         let entry = &table[(i * 3 + j) * 9 + u * 3 + v];
         let got: BTreeSet<Pair> = entry.iter().map(|(p, _)| *p).collect();
-        assert_eq!(
-            &got, want,
-            "S_fused({i},{j}; {u},{v}): contributing raw (query; patch) pairs"
-        );
+        assert_eq!(&got, want, "S_fused({i},{j}; {u},{v}): contributing raw (query; patch) pairs");
         for (p, w) in entry {
-            assert_eq!(
-                *w, 1.0,
-                "S_fused({i},{j}; {u},{v}): raw term {p:?} counted with weight {w}, not once"
-            );
+            assert_eq!(*w, 1.0, "S_fused({i},{j}; {u},{v}): raw term {p:?} counted with weight {w}, not once");
         }
     }
 
@@ -321,11 +273,7 @@ fn fuse_contributors_match_spec_table() {
     let spatial = contributors(&gs, (FusePass::Rows, FusePass::Cols));
     let at = |i: usize, j: usize, u: usize, v: usize| (i * 3 + j) * 9 + u * 3 + v;
     let got: BTreeSet<Pair> = spatial[at(0, 2, 1, 2)].iter().map(|(p, _)| *p).collect();
-    assert_eq!(
-        got,
-        pairs(&[(0, 1, 1, 1), (0, 2, 1, 2), (1, 1, 2, 1), (1, 2, 2, 2)]),
-        "spatial fuse of (0,2;1,2)"
-    );
+    assert_eq!(got, pairs(&[(0, 1, 1, 1), (0, 2, 1, 2), (1, 1, 2, 1), (1, 2, 2, 2)]), "spatial fuse of (0,2;1,2)");
 }
 
 #[test]
@@ -335,11 +283,7 @@ fn fuse_matches_closed_form_on_non_square_grids() {
     for (f, b) in [((2, 5), (3, 4)), ((3, 4), (2, 5)), ((4, 3), (3, 4)), ((1, 6), (5, 1))] {
         for fk in [2, 3, 5] {
             let g = fuse_geometry(f.0, f.1, b.0, b.1, fk, FuseMode::Wrap);
-            let s: Vec<f64> = rng
-                .vec(g.queries() * g.patches(), -1.0, 1.0)
-                .into_iter()
-                .map(f64::from)
-                .collect();
+            let s: Vec<f64> = rng.vec(g.queries() * g.patches(), -1.0, 1.0).into_iter().map(f64::from).collect();
             let got = twin_fuse(&g, &s, FusePass::Rows, FusePass::Cols);
             let want = closed_form_fuse(&s, f, b, fk);
             assert_close64(&format!("wrap fuse, f {f:?}, b {b:?}, fk {fk}"), &got, &want, 1e-12);
@@ -355,11 +299,7 @@ fn fuse_pass_order_and_spatial_mode() {
     let mut rng = Rng::new("fuse_pass_order_and_spatial_mode");
     let (f, b) = ((3, 4), (4, 3));
     let g = fuse_geometry(f.0, f.1, b.0, b.1, 3, FuseMode::Wrap);
-    let s: Vec<f64> = rng
-        .vec(g.queries() * g.patches(), -1.0, 1.0)
-        .into_iter()
-        .map(f64::from)
-        .collect();
+    let s: Vec<f64> = rng.vec(g.queries() * g.patches(), -1.0, 1.0).into_iter().map(f64::from).collect();
     let wrap = twin_fuse(&g, &s, FusePass::Rows, FusePass::Cols);
     let swapped = twin_fuse(&g, &s, FusePass::Cols, FusePass::Rows);
     let boxed = box_filter(&s, f, b, 3);
@@ -370,27 +310,11 @@ fn fuse_pass_order_and_spatial_mode() {
         100.0 * swap_frac,
         100.0 * box_frac
     );
-    assert!(
-        swap_frac > 0.5,
-        "swapping the fuse passes changed only {:.1} % of the entries",
-        100.0 * swap_frac
-    );
-    assert!(
-        box_frac > 0.5,
-        "the wrap fuse differs from a zero-padded box filter at only {:.1} %",
-        100.0 * box_frac
-    );
+    assert!(swap_frac > 0.5, "swapping the fuse passes changed only {:.1} % of the entries", 100.0 * swap_frac);
+    assert!(box_frac > 0.5, "the wrap fuse differs from a zero-padded box filter at only {:.1} %", 100.0 * box_frac);
     // The percentages SPEC §9.4 quotes for exactly this setting.
-    assert!(
-        (swap_frac - 0.85).abs() < 0.01,
-        "pass order: {:.2} % differ, SPEC says 85 %",
-        100.0 * swap_frac
-    );
-    assert!(
-        (box_frac - 0.96).abs() < 0.01,
-        "box filter: {:.2} % differ, SPEC says 96 %",
-        100.0 * box_frac
-    );
+    assert!((swap_frac - 0.85).abs() < 0.01, "pass order: {:.2} % differ, SPEC says 85 %", 100.0 * swap_frac);
+    assert!((box_frac - 0.96).abs() < 0.01, "box filter: {:.2} % differ, SPEC says 96 %", 100.0 * box_frac);
 
     for fk in [2, 3, 5] {
         let gs = fuse_geometry(f.0, f.1, b.0, b.1, fk, FuseMode::Spatial);
@@ -412,11 +336,7 @@ fn normalisation_of_b_only() {
     let mut rng = Rng::new("normalisation_of_b_only");
     let c = 2;
     for k in [3usize, 4] {
-        let params = Params {
-            rate: 1,
-            ksize: k,
-            ..Default::default()
-        };
+        let params = Params { rate: 1, ksize: k, ..Default::default() };
         let (h, w) = (5, 6);
         let g = Geometry::new(&params, [1, h, w, c], [1, h, w, c], None).unwrap();
         let q = (k - 1) / 2; // window of patch (u,v): rows u−q ..= u−q+k−1
@@ -431,10 +351,7 @@ fn normalisation_of_b_only() {
         }
         let (patches, norms) = reference::matching_patches(&bp, &g);
         let d = k * k * c;
-        assert!(
-            patches.iter().chain(&norms).all(|v| v.is_finite()),
-            "k={k}: NaN/Inf in matching patches"
-        );
+        assert!(patches.iter().chain(&norms).all(|v| v.is_finite()), "k={k}: NaN/Inf in matching patches");
         let zero = 2 * w + 3;
         assert_eq!(norms[zero], 0.0, "k={k}: an all-zero patch has norm 0");
         assert!(
@@ -464,10 +381,7 @@ fn normalisation_of_b_only() {
                 );
                 if sq.sqrt() > 1e-4 {
                     let n2: f64 = patches[l * d..(l + 1) * d].iter().map(|v| v * v).sum();
-                    assert!(
-                        (n2 - 1.0).abs() < 1e-12,
-                        "k={k}: normalised patch ({u},{v}) has squared norm {n2}"
-                    );
+                    assert!((n2 - 1.0).abs() < 1e-12, "k={k}: normalised patch ({u},{v}) has squared norm {n2}");
                 }
             }
         }
@@ -538,12 +452,7 @@ fn normalisation_of_b_only() {
 fn mask_window_of_a_single_hole() {
     let (h, w) = (6, 7);
     for (k, s) in [(3, 1), (4, 1), (3, 2), (4, 2), (5, 1)] {
-        let params = Params {
-            rate: 1,
-            ksize: k,
-            stride: s,
-            ..Default::default()
-        };
+        let params = Params { rate: 1, ksize: k, stride: s, ..Default::default() };
         let g = Geometry::new(&params, [1, h, w, 1], [1, h, w, 1], Some([1, h, w, 1])).unwrap();
         // SAME (n, k, s) written out: out = ceil(n/s), before = ⌊max((out−1)s + k − n, 0)/2⌋.
         let before = |n: usize| ((n.div_ceil(s) - 1) * s + k).saturating_sub(n) / 2;
@@ -551,11 +460,7 @@ fn mask_window_of_a_single_hole() {
         assert_eq!((g.ph, g.pw), (ph, pw));
 
         // No hole: every patch is valid, border patches included (padding counts as valid).
-        assert_eq!(
-            reference::mask_validity(&vec![0.0; h * w], &g),
-            vec![1.0; ph * pw],
-            "k={k} s={s}: empty mask"
-        );
+        assert_eq!(reference::mask_validity(&vec![0.0; h * w], &g), vec![1.0; ph * pw], "k={k} s={s}: empty mask");
 
         for hy in 0..h {
             for hx in 0..w {
@@ -569,11 +474,7 @@ fn mask_window_of_a_single_hole() {
                         let covers = (y0..y0 + k as isize).contains(&(hy as isize))
                             && (x0..x0 + k as isize).contains(&(hx as isize));
                         let want = if covers { 0.0 } else { 1.0 };
-                        assert_eq!(
-                            mm[pu * pw + pv],
-                            want,
-                            "k={k} s={s}: hole at ({hy},{hx}), patch ({pu},{pv})"
-                        );
+                        assert_eq!(mm[pu * pw + pv], want, "k={k} s={s}: hole at ({hy},{hx}), patch ({pu},{pv})");
                     }
                 }
             }
@@ -584,15 +485,8 @@ fn mask_window_of_a_single_hole() {
         let mut hole = vec![0.0; h * w];
         hole[2 * w + 2] = 1.0;
         let tiny = reference::mask_validity(&m, &g);
-        assert!(
-            tiny.contains(&0.0),
-            "k={k} s={s}: a value of 1e-30 must mask its patches"
-        );
-        assert_eq!(
-            tiny,
-            reference::mask_validity(&hole, &g),
-            "k={k} s={s}: 1e-30 must mask like a 1"
-        );
+        assert!(tiny.contains(&0.0), "k={k} s={s}: a value of 1e-30 must mask its patches");
+        assert_eq!(tiny, reference::mask_validity(&hole, &g), "k={k} s={s}: 1e-30 must mask like a 1");
     }
 }
 
@@ -601,28 +495,16 @@ fn whole_mask_gives_exactly_zero() {
     let mut rng = Rng::new("whole_mask_gives_exactly_zero");
     for masking in [Masking::ZeroLogit, Masking::Exclude] {
         for fuse in [true, false] {
-            let params = Params {
-                rate: 2,
-                fuse,
-                masking,
-                ..Default::default()
-            };
+            let params = Params { rate: 2, fuse, masking, ..Default::default() };
             let f = rng.tensor([2, 8, 10, 3], -1.0, 1.0);
             let b = rng.tensor([2, 8, 6, 3], -1.0, 1.0);
             let mask = Tensor::from_fn([1, 8, 6, 1], |_, _, _, _| 1.0);
-            let out = ContextualAttention::cpu(params)
-                .unwrap()
-                .forward(&f, &b, Some(&mask))
-                .unwrap();
+            let out = ContextualAttention::cpu(params).unwrap().forward(&f, &b, Some(&mask)).unwrap();
             assert!(
                 out.y.data().iter().all(|&v| v == 0.0),
                 "{masking:?} fuse {fuse}: y is not exactly 0 under a whole mask"
             );
-            assert!(
-                out.mass.iter().all(|&m| m == 0.0),
-                "{masking:?} fuse {fuse}: mass {:?}",
-                out.mass
-            );
+            assert!(out.mass.iter().all(|&m| m == 0.0), "{masking:?} fuse {fuse}: mass {:?}", out.mass);
             assert!(
                 out.argmax.iter().all(|&a| a == 0),
                 "{masking:?} fuse {fuse}: argmax must be 0 when all is masked (SPEC §2.10)"
@@ -643,13 +525,7 @@ fn spec_coverage(n: usize, rate: usize, p: usize) -> f64 {
         4 => &[0, 1, -2, -1],
         _ => unreachable!(),
     };
-    let hit = under.iter().any(|&u| {
-        if u >= 0 {
-            p == u as usize
-        } else {
-            p as isize == n as isize + u
-        }
-    });
+    let hit = under.iter().any(|&u| if u >= 0 { p == u as usize } else { p as isize == n as isize + u });
     if hit {
         1.0
     } else {
@@ -661,11 +537,7 @@ fn spec_coverage(n: usize, rate: usize, p: usize) -> f64 {
 fn constant_image_border_darkening() {
     let c = 4.0f32;
     for (rate, h, w) in [(2, 8, 10), (3, 12, 9), (1, 5, 7), (4, 16, 12)] {
-        let params = Params {
-            rate,
-            fuse: false,
-            ..Default::default()
-        };
+        let params = Params { rate, fuse: false, ..Default::default() };
         let x = Tensor::from_fn([1, h, w, 4], |_, _, _, _| c);
         let out = ContextualAttention::cpu(params).unwrap().forward(&x, &x, None).unwrap();
         for py in 0..h {
@@ -701,21 +573,11 @@ fn raw_patches_follow_spec_2_4() {
     // raw(l = (u,v), ty, tx, c) = b̃(u·r·s + ty − π, v·r·s + tx − π, c), π the SAME "before"
     // padding of (H, K, r·s); for s = 1 and K = 2r, π = ⌊r/2⌋ (SPEC §2.4).
     let mut rng = Rng::new("raw_patches_follow_spec_2_4");
-    for (rate, stride, kernel, h, w) in [
-        (1, 1, 2, 5, 7),
-        (2, 1, 4, 8, 6),
-        (3, 1, 6, 9, 12),
-        (3, 1, 4, 12, 9),
-        (2, 2, 4, 10, 14),
-        (2, 2, 6, 8, 12),
-    ] {
+    for (rate, stride, kernel, h, w) in
+        [(1, 1, 2, 5, 7), (2, 1, 4, 8, 6), (3, 1, 6, 9, 12), (3, 1, 4, 12, 9), (2, 2, 4, 10, 14), (2, 2, 6, 8, 12)]
+    {
         let c = 2;
-        let params = Params {
-            rate,
-            stride,
-            paste_kernel: Some(kernel),
-            ..Default::default()
-        };
+        let params = Params { rate, stride, paste_kernel: Some(kernel), ..Default::default() };
         let g = Geometry::new(&params, [1, h, w, c], [1, h, w, c], None).unwrap();
         let step = rate * stride;
         let before = |n: usize| ((n.div_ceil(step) - 1) * step + kernel).saturating_sub(n) / 2;
@@ -769,10 +631,7 @@ fn identity_experiment_with_exact_overlap() {
         (1, 1, 4, 5),
     ] {
         let x = rng.tensor([1, h, w, 3], -1.0, 1.0);
-        for overlap in [
-            contextual_attention::Overlap::Exact,
-            contextual_attention::Overlap::Quarter,
-        ] {
+        for overlap in [contextual_attention::Overlap::Exact, contextual_attention::Overlap::Quarter] {
             if overlap == contextual_attention::Overlap::Quarter && kernel != 2 * rate {
                 continue;
             }
@@ -787,10 +646,7 @@ fn identity_experiment_with_exact_overlap() {
             let out = ContextualAttention::cpu(params).unwrap().forward(&x, &x, None).unwrap();
             let (hf, wf) = (h / rate, w / rate);
             let own: Vec<u32> = (0..(hf * wf) as u32).collect();
-            assert_eq!(
-                out.argmax, own,
-                "r={rate} K={kernel}: every query must attend to its own patch"
-            );
+            assert_eq!(out.argmax, own, "r={rate} K={kernel}: every query must attend to its own patch");
             for py in 0..h {
                 for px in 0..w {
                     let factor = match overlap {
@@ -821,28 +677,14 @@ fn argmax_ties_pick_the_first_index() {
     // ties and the first index wins.
     let x = Tensor::from_fn([1, 8, 10, 3], |_, _, _, _| 0.75);
     for rate in [1, 2] {
-        let params = Params {
-            rate,
-            ksize: 1,
-            fuse: false,
-            ..Default::default()
-        };
+        let params = Params { rate, ksize: 1, fuse: false, ..Default::default() };
         let out = ContextualAttention::cpu(params).unwrap().forward(&x, &x, None).unwrap();
-        assert!(
-            out.argmax.iter().all(|&a| a == 0),
-            "rate {rate}: argmax {:?}",
-            out.argmax
-        );
+        assert!(out.argmax.iter().all(|&a| a == 0), "rate {rate}: argmax {:?}", out.argmax);
     }
     // ksize 3: patches tie within each class of equal zero padding (top / interior / bottom
     // rows × left / interior / right columns); a query's best class is its own, and the first
     // patch of that class wins: row 0, 1 or hb−1, column 0, 1 or wb−1.
-    let params = Params {
-        rate: 2,
-        ksize: 3,
-        fuse: false,
-        ..Default::default()
-    };
+    let params = Params { rate: 2, ksize: 3, fuse: false, ..Default::default() };
     let out = ContextualAttention::cpu(params).unwrap().forward(&x, &x, None).unwrap();
     let (hf, wf) = (4, 5);
     let first = |i: usize, n: usize| {
@@ -865,16 +707,10 @@ fn argmax_ties_pick_the_first_index() {
 #[test]
 fn offsets_decode_with_the_patch_grid_width() {
     let mut rng = Rng::new("offsets_decode_with_the_patch_grid_width");
-    for (stride, f_shape, b_shape) in [
-        (1, [2, 8, 12, 2], [2, 8, 6, 2]),
-        (1, [1, 6, 4, 2], [1, 10, 14, 2]),
-        (2, [1, 8, 8, 2], [1, 10, 14, 2]),
-    ] {
-        let params = Params {
-            rate: 2,
-            stride,
-            ..Default::default()
-        };
+    for (stride, f_shape, b_shape) in
+        [(1, [2, 8, 12, 2], [2, 8, 6, 2]), (1, [1, 6, 4, 2], [1, 10, 14, 2]), (2, [1, 8, 8, 2], [1, 10, 14, 2])]
+    {
+        let params = Params { rate: 2, stride, ..Default::default() };
         let f = rng.tensor(f_shape, -1.0, 1.0);
         let b = rng.tensor(b_shape, -1.0, 1.0);
         let out = ContextualAttention::cpu(params).unwrap().forward(&f, &b, None).unwrap();
@@ -890,11 +726,7 @@ fn offsets_decode_with_the_patch_grid_width() {
         for (q, &a) in out.argmax.iter().enumerate() {
             assert!((a as usize) < ph * pw, "argmax {a} out of range");
             let want = [(a as usize / pw) as i32, (a as usize % pw) as i32];
-            assert_eq!(
-                out.offsets[2 * q..2 * q + 2],
-                want,
-                "offset of query {q} (argmax {a}, pw {pw})"
-            );
+            assert_eq!(out.offsets[2 * q..2 * q + 2], want, "offset of query {q} (argmax {a}, pw {pw})");
         }
     }
 }
@@ -910,18 +742,9 @@ fn twin_attention(params: &Params, g: &Geometry, f: &Tensor, b: &Tensor) -> (Vec
     let bp = reference::downscale(&bd, g.b_size.1, g.channels, &g.b_rows, &g.b_cols);
     let (pb, _) = reference::matching_patches(&bp, g);
     let rows: Vec<usize> = (0..g.hf).collect();
-    let raw = reference::gemm_nt(
-        &reference::query_patches(&fp, g, &rows),
-        &pb,
-        g.queries(),
-        g.patches(),
-        g.match_len(),
-    );
-    let mut scores = if g.fuse.is_some() {
-        twin_fuse(g, &raw, FusePass::Rows, FusePass::Cols)
-    } else {
-        raw
-    };
+    let raw =
+        reference::gemm_nt(&reference::query_patches(&fp, g, &rows), &pb, g.queries(), g.patches(), g.match_len());
+    let mut scores = if g.fuse.is_some() { twin_fuse(g, &raw, FusePass::Rows, FusePass::Cols) } else { raw };
     let (argmax, mass) = reference::softmax(
         &mut scores,
         &vec![1.0; g.patches()],
@@ -936,22 +759,12 @@ fn twin_attention(params: &Params, g: &Geometry, f: &Tensor, b: &Tensor) -> (Vec
 fn large_magnitudes_stay_finite_and_one_hot() {
     let mut rng = Rng::new("large_magnitudes_stay_finite_and_one_hot");
     for fuse in [true, false] {
-        let params = Params {
-            rate: 2,
-            fuse,
-            ..Default::default()
-        };
+        let params = Params { rate: 2, fuse, ..Default::default() };
         let (h, w, c) = (8, 12, 3);
-        let x = Tensor::new(
-            [1, h, w, c],
-            rng.vec(h * w * c, -1.0, 1.0).into_iter().map(|v| v * 1000.0).collect(),
-        )
-        .unwrap();
+        let x =
+            Tensor::new([1, h, w, c], rng.vec(h * w * c, -1.0, 1.0).into_iter().map(|v| v * 1000.0).collect()).unwrap();
         let g = Geometry::new(&params, x.shape(), x.shape(), None).unwrap();
-        let out = ContextualAttention::cpu(params.clone())
-            .unwrap()
-            .forward(&x, &x, None)
-            .unwrap();
+        let out = ContextualAttention::cpu(params.clone()).unwrap().forward(&x, &x, None).unwrap();
         assert!(out.y.data().iter().all(|v| v.is_finite()), "fuse {fuse}: Inf/NaN in y");
         for &m in &out.mass {
             assert!((m - 1.0).abs() < 1e-6, "fuse {fuse}: attention mass {m} without a mask");
@@ -1021,10 +834,7 @@ fn needed_raw_rows(hf: usize, wf: usize, fk: usize, row: usize) -> BTreeSet<usiz
 
 #[test]
 fn plan_halo_rows_and_cover() {
-    let params = Params {
-        rate: 1,
-        ..Default::default()
-    };
+    let params = Params { rate: 1, ..Default::default() };
     let g = Geometry::new(&params, [1, 8, 8, 2], [1, 8, 8, 2], None).unwrap();
     let (hf, wf) = (g.hf, g.wf);
     assert_eq!(hf, 8);
@@ -1052,11 +862,7 @@ fn plan_halo_rows_and_cover() {
             covered.extend(t.rows.clone());
             let need: BTreeSet<usize> = t.rows.clone().flat_map(|i| needed_raw_rows(hf, wf, 3, i)).collect();
             let have: BTreeSet<usize> = t.raw_rows.iter().copied().collect();
-            assert!(
-                need.is_subset(&have),
-                "tile {:?}: needs raw rows {need:?}, has {have:?}",
-                t.rows
-            );
+            assert!(need.is_subset(&have), "tile {:?}: needs raw rows {need:?}, has {have:?}", t.rows);
             // SPEC §2.13: rows r0−2 … r1+1, plus hf−2, hf−1 when touching row 0, plus 0, 1
             // when touching row hf−1.
             let (r0, r1) = (t.rows.start, t.rows.end);
@@ -1067,11 +873,7 @@ fn plan_halo_rows_and_cover() {
             if r1 == hf {
                 allowed.extend([0, 1]);
             }
-            assert!(
-                have.is_subset(&allowed),
-                "tile {:?}: raw rows {have:?} beyond SPEC §2.13's {allowed:?}",
-                t.rows
-            );
+            assert!(have.is_subset(&allowed), "tile {:?}: raw rows {have:?} beyond SPEC §2.13's {allowed:?}", t.rows);
             assert!(t.raw_rows.windows(2).all(|p| p[0] < p[1]), "raw rows must be ascending");
         }
         assert_eq!(
@@ -1088,11 +890,7 @@ fn plan_halo_rows_and_cover() {
             Ok(plan) => {
                 let covered: Vec<usize> = plan.tiles.iter().flat_map(|t| t.rows.clone()).collect();
                 assert_eq!(covered, (0..hf).collect::<Vec<_>>(), "budget {budget}");
-                assert!(
-                    plan.tile_bytes <= budget,
-                    "budget {budget}: tile needs {} bytes",
-                    plan.tile_bytes
-                );
+                assert!(plan.tile_bytes <= budget, "budget {budget}: tile needs {} bytes", plan.tile_bytes);
                 assert!(plan.rows_per_tile <= last_rows);
                 last_rows = plan.rows_per_tile;
             }
@@ -1101,17 +899,8 @@ fn plan_halo_rows_and_cover() {
     }
 
     // Without fuse a tile needs only its own rows.
-    let g2 = Geometry::new(
-        &Params {
-            rate: 1,
-            fuse: false,
-            ..Default::default()
-        },
-        [1, 8, 8, 2],
-        [1, 8, 8, 2],
-        None,
-    )
-    .unwrap();
+    let g2 = Geometry::new(&Params { rate: 1, fuse: false, ..Default::default() }, [1, 8, 8, 2], [1, 8, 8, 2], None)
+        .unwrap();
     for t in &Plan::with_rows(&g2, 3).tiles {
         assert_eq!(t.raw_rows, t.rows.clone().collect::<Vec<_>>());
     }

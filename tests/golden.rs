@@ -60,26 +60,11 @@ fn cases() -> Vec<Case> {
 
 fn check(case: &Case, out: &Output, backend: &str) {
     let what = format!("{} on {backend}", case.name);
-    let dy = out
-        .y
-        .data()
-        .iter()
-        .zip(&case.y)
-        .map(|(&g, &w)| (g as f64 - w).abs())
-        .fold(0.0, f64::max);
-    let dm = out
-        .mass
-        .iter()
-        .zip(&case.mass)
-        .map(|(&g, &w)| (g as f64 - w).abs())
-        .fold(0.0, f64::max);
+    let dy = out.y.data().iter().zip(&case.y).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+    let dm = out.mass.iter().zip(&case.mass).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
     eprintln!(
         "{what}: max |Δy| {dy:.2e}, max |Δmass| {dm:.2e}, argmax {}",
-        if out.argmax == case.argmax {
-            "identical"
-        } else {
-            "DIFFERENT"
-        }
+        if out.argmax == case.argmax { "identical" } else { "DIFFERENT" }
     );
     common::assert_close(&format!("{what}: y"), out.y.data(), &case.y, 1e-5, 0.0);
     assert_eq!(out.argmax, case.argmax, "{what}: argmax differs from the original");

@@ -18,10 +18,8 @@ fn scratch(name: &str) -> PathBuf {
 
 /// The names of the files in `dir`, sorted.
 fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     names
 }
@@ -54,14 +52,7 @@ fn npy_reason(err: Error) -> String {
 #[test]
 fn f32_round_trip_with_odd_shapes() {
     let dir = scratch("f32");
-    for shape in [
-        vec![],
-        vec![7],
-        vec![1, 3, 5, 2],
-        vec![2, 1, 3],
-        vec![0, 4],
-        vec![3, 0, 2, 1],
-    ] {
+    for shape in [vec![], vec![7], vec![1, 3, 5, 2], vec![2, 1, 3], vec![0, 4], vec![3, 0, 2, 1]] {
         let n: usize = shape.iter().product();
         let data: Vec<f32> = (0..n).map(|i| i as f32 * -0.37 + 1e-3 * (i * i) as f32).collect();
         let path = dir.join("a.npy");
@@ -82,9 +73,7 @@ fn i32_round_trip_with_odd_shapes() {
     let dir = scratch("i32");
     for shape in [vec![5, 1], vec![1, 2, 3, 2], vec![3], vec![]] {
         let n: usize = shape.iter().product();
-        let data: Vec<i32> = (0..n as i32)
-            .map(|i| if i == 2 { i32::MIN } else { i * 7919 - 40000 })
-            .collect();
+        let data: Vec<i32> = (0..n as i32).map(|i| if i == 2 { i32::MIN } else { i * 7919 - 40000 }).collect();
         let path = dir.join("offsets.npy");
         write_npy_i32(&path, &shape, &data).unwrap();
         let back = read_npy(&path).unwrap();
@@ -107,51 +96,29 @@ fn f8_u1_and_i8_are_converted() {
     let values = [1.5f64, -2.25, 1e-3, 123456.789];
     let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let path = dir.join("f8.npy");
-    std::fs::write(
-        &path,
-        build_npy(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), }", &data),
-    )
-    .unwrap();
+    std::fs::write(&path, build_npy(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), }", &data)).unwrap();
     let a = read_npy(&path).unwrap();
     assert_eq!(a.shape, vec![2, 2]);
     assert_eq!(a.data, NpyData::F32(values.iter().map(|&v| v as f32).collect()));
 
     let path = dir.join("u1.npy");
-    std::fs::write(
-        &path,
-        build_npy(
-            2,
-            "{'descr': '|u1', 'fortran_order': False, 'shape': (3,), }",
-            &[0, 128, 255],
-        ),
-    )
-    .unwrap();
+    std::fs::write(&path, build_npy(2, "{'descr': '|u1', 'fortran_order': False, 'shape': (3,), }", &[0, 128, 255]))
+        .unwrap();
     let a = read_npy(&path).unwrap();
     assert_eq!(a.shape, vec![3]);
     assert_eq!(a.data, NpyData::F32(vec![0.0, 128.0, 255.0]));
 
     let path = dir.join("i8.npy");
     let data: Vec<u8> = [-3i64, 0, 2_000_000_000].iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(
-        &path,
-        build_npy(
-            3,
-            "{\"descr\": \"<i8\", \"fortran_order\": False, \"shape\": (1, 3)}",
-            &data,
-        ),
-    )
-    .unwrap();
+    std::fs::write(&path, build_npy(3, "{\"descr\": \"<i8\", \"fortran_order\": False, \"shape\": (1, 3)}", &data))
+        .unwrap();
     let a = read_npy(&path).unwrap();
     assert_eq!(a.shape, vec![1, 3]);
     assert_eq!(a.data, NpyData::I32(vec![-3, 0, 2_000_000_000]));
 
     // An int64 outside the int32 range is an error rather than a silent wrap.
     let data: Vec<u8> = [1i64 << 40].iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(
-        &path,
-        build_npy(1, "{'descr': '<i8', 'fortran_order': False, 'shape': (1,), }", &data),
-    )
-    .unwrap();
+    std::fs::write(&path, build_npy(1, "{'descr': '<i8', 'fortran_order': False, 'shape': (1,), }", &data)).unwrap();
     assert!(npy_reason(read_npy(&path).unwrap_err()).contains("int32"));
 }
 
@@ -160,16 +127,9 @@ fn big_endian_is_rejected_with_a_clear_message() {
     let dir = scratch("big-endian");
     let path = dir.join("be.npy");
     let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_be_bytes()).collect();
-    std::fs::write(
-        &path,
-        build_npy(1, "{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", &data),
-    )
-    .unwrap();
+    std::fs::write(&path, build_npy(1, "{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", &data)).unwrap();
     let reason = npy_reason(read_npy(&path).unwrap_err());
-    assert!(
-        reason.contains("expected a little-endian float32 array in C order"),
-        "{reason}"
-    );
+    assert!(reason.contains("expected a little-endian float32 array in C order"), "{reason}");
     assert!(reason.contains("big-endian") && reason.contains(">f4"), "{reason}");
 }
 
@@ -178,16 +138,9 @@ fn fortran_order_is_rejected_with_a_clear_message() {
     let dir = scratch("fortran");
     let path = dir.join("f.npy");
     let data: Vec<u8> = [0f32; 6].iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(
-        &path,
-        build_npy(1, "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", &data),
-    )
-    .unwrap();
+    std::fs::write(&path, build_npy(1, "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", &data)).unwrap();
     let reason = npy_reason(read_npy(&path).unwrap_err());
-    assert!(
-        reason.contains("expected a little-endian float32 array in C order"),
-        "{reason}"
-    );
+    assert!(reason.contains("expected a little-endian float32 array in C order"), "{reason}");
     assert!(reason.contains("Fortran"), "{reason}");
 }
 
@@ -195,11 +148,7 @@ fn fortran_order_is_rejected_with_a_clear_message() {
 fn unsupported_dtype_and_garbage_are_errors() {
     let dir = scratch("dtype");
     let path = dir.join("c.npy");
-    std::fs::write(
-        &path,
-        build_npy(1, "{'descr': '<c8', 'fortran_order': False, 'shape': (1,), }", &[0; 8]),
-    )
-    .unwrap();
+    std::fs::write(&path, build_npy(1, "{'descr': '<c8', 'fortran_order': False, 'shape': (1,), }", &[0; 8])).unwrap();
     let reason = npy_reason(read_npy(&path).unwrap_err());
     assert!(reason.contains("<c8"), "{reason}");
 
@@ -254,10 +203,7 @@ fn read_tensor_npy_checks_rank_and_type() {
     match read_tensor_npy(&path, "f").unwrap_err() {
         Error::Shape { tensor, reason } => {
             assert_eq!(tensor, "f");
-            assert!(
-                reason.contains("expected 4 dimensions [batch, height, width, channels]"),
-                "{reason}"
-            );
+            assert!(reason.contains("expected 4 dimensions [batch, height, width, channels]"), "{reason}");
             assert!(reason.contains("[2, 3, 4]"), "{reason}");
         }
         other => panic!("expected a shape error, got {other:?}"),
@@ -313,10 +259,7 @@ fn failing_writes_leave_nothing_behind() {
 
     // An image with a bad shape never creates a file.
     let bad = Tensor::zeros([1, 2, 2, 2]);
-    assert!(matches!(
-        write_image(&dir.join("bad.png"), &bad).unwrap_err(),
-        Error::Shape { .. }
-    ));
+    assert!(matches!(write_image(&dir.join("bad.png"), &bad).unwrap_err(), Error::Shape { .. }));
     assert_eq!(listing(&dir), vec!["out.bin"]);
 }
 
@@ -345,14 +288,8 @@ fn png_round_trip_rgb_and_gray() {
     write_rgb8(&path, 3, 2, &bytes).unwrap();
     let back = read_image_rgb(&path).unwrap();
     assert_eq!(back.shape(), [1, 2, 3, 3]);
-    assert_eq!(
-        back.data(),
-        bytes.iter().map(|&b| b as f32).collect::<Vec<_>>().as_slice()
-    );
-    assert!(matches!(
-        write_rgb8(&dir.join("short.png"), 3, 2, &bytes[1..]).unwrap_err(),
-        Error::Shape { .. }
-    ));
+    assert_eq!(back.data(), bytes.iter().map(|&b| b as f32).collect::<Vec<_>>().as_slice());
+    assert!(matches!(write_rgb8(&dir.join("short.png"), 3, 2, &bytes[1..]).unwrap_err(), Error::Shape { .. }));
 
     let mut names = listing(&dir);
     names.sort();

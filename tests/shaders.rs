@@ -11,10 +11,7 @@ fn every_shader_validates_with_naga() {
             .validate(&module)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
         assert!(
-            module
-                .entry_points
-                .iter()
-                .all(|e| e.stage == naga::ShaderStage::Compute),
+            module.entry_points.iter().all(|e| e.stage == naga::ShaderStage::Compute),
             "{name}: only compute entry points"
         );
         assert!(!module.entry_points.is_empty(), "{name}: no entry point");

@@ -29,10 +29,7 @@ impl Config {
         Geometry::new(&self.params, self.f, self.b, Some(mask)).unwrap()
     }
     fn with_mode(&self, mode: FuseMode) -> Geometry {
-        let params = Params {
-            fuse_mode: mode,
-            ..self.params.clone()
-        };
+        let params = Params { fuse_mode: mode, ..self.params.clone() };
         Geometry::new(&params, self.f, self.b, None).unwrap()
     }
 }
@@ -42,68 +39,37 @@ fn configs() -> Vec<Config> {
     vec![
         Config {
             name: "r1 k3 s1, odd 5×7 vs 6×4",
-            params: Params {
-                rate: 1,
-                ksize: 3,
-                ..p.clone()
-            },
+            params: Params { rate: 1, ksize: 3, ..p.clone() },
             f: [1, 5, 7, 3],
             b: [1, 6, 4, 3],
         },
         Config {
             name: "r2 k4 s1 fk2, 10×6 vs 8×12",
-            params: Params {
-                rate: 2,
-                ksize: 4,
-                fuse_k: 2,
-                ..p.clone()
-            },
+            params: Params { rate: 2, ksize: 4, fuse_k: 2, ..p.clone() },
             f: [1, 10, 6, 2],
             b: [1, 8, 12, 2],
         },
         Config {
             name: "r3 k3 s2 (K=6), 9×12 vs 15×12",
-            params: Params {
-                rate: 3,
-                ksize: 3,
-                stride: 2,
-                ..p.clone()
-            },
+            params: Params { rate: 3, ksize: 3, stride: 2, ..p.clone() },
             f: [1, 9, 12, 2],
             b: [1, 15, 12, 2],
         },
         Config {
             name: "r3 k4 s1 K=4 fk5, 12×9 vs 9×9",
-            params: Params {
-                rate: 3,
-                ksize: 4,
-                paste_kernel: Some(4),
-                fuse_k: 5,
-                ..p.clone()
-            },
+            params: Params { rate: 3, ksize: 4, paste_kernel: Some(4), fuse_k: 5, ..p.clone() },
             f: [1, 12, 9, 2],
             b: [1, 9, 9, 2],
         },
         Config {
             name: "r2 k3 s2 K=6, 14×10 vs 12×14",
-            params: Params {
-                rate: 2,
-                ksize: 3,
-                stride: 2,
-                paste_kernel: Some(6),
-                ..p.clone()
-            },
+            params: Params { rate: 2, ksize: 3, stride: 2, paste_kernel: Some(6), ..p.clone() },
             f: [1, 14, 10, 3],
             b: [1, 12, 14, 3],
         },
         Config {
             name: "r1 k5 s1 K=1 fk3, 7×6 vs 7×6",
-            params: Params {
-                rate: 1,
-                ksize: 5,
-                paste_kernel: Some(1),
-                ..p.clone()
-            },
+            params: Params { rate: 1, ksize: 5, paste_kernel: Some(1), ..p.clone() },
             f: [1, 7, 6, 2],
             b: [1, 7, 6, 2],
         },
@@ -144,9 +110,7 @@ fn downscale_matches_twin() {
         let want = reference::downscale(&to_f64(&b), g.b_size.1, c, &g.b_rows, &g.b_cols);
         assert_exact(&format!("{}: downscale b", cfg.name), &got, &want);
 
-        let m: Vec<f32> = (0..g.b_size.0 * g.b_size.1)
-            .map(|_| (rng.below(3) == 0) as u8 as f32)
-            .collect();
+        let m: Vec<f32> = (0..g.b_size.0 * g.b_size.1).map(|_| (rng.below(3) == 0) as u8 as f32).collect();
         let got = st.downscale(&m, g.b_size.1, 1, &g.b_rows, &g.b_cols).unwrap();
         let want = reference::downscale(&to_f64(&m), g.b_size.1, 1, &g.b_rows, &g.b_cols);
         assert_exact(&format!("{}: downscale mask", cfg.name), &got, &want);
@@ -177,20 +141,8 @@ fn matching_patches_and_norms_match_twin() {
         for (kind, bp) in inputs {
             let (got_p, got_n) = st.matching_patches(&bp, &g).unwrap();
             let (want_p, want_n) = reference::matching_patches(&to_f64(&bp), &g);
-            assert_close(
-                &format!("{} ({kind}): matching patches", cfg.name),
-                &got_p,
-                &want_p,
-                ATOL,
-                RTOL,
-            );
-            assert_close(
-                &format!("{} ({kind}): patch norms", cfg.name),
-                &got_n,
-                &want_n,
-                ATOL,
-                RTOL,
-            );
+            assert_close(&format!("{} ({kind}): matching patches", cfg.name), &got_p, &want_p, ATOL, RTOL);
+            assert_close(&format!("{} ({kind}): patch norms", cfg.name), &got_n, &want_n, ATOL, RTOL);
         }
     }
 }
@@ -207,12 +159,9 @@ fn mask_validity_matches_twin() {
         corner[n - 1] = 1.0; // a hole in the bottom-right corner only
         let mut tiny = vec![0.0f32; n];
         tiny[rng.below(n)] = 1e-30; // any positive value masks (exact `== 0`)
-        for (kind, mp) in [
-            ("sparse holes", sparse),
-            ("corner hole", corner),
-            ("tiny value", tiny),
-            ("no hole", vec![0.0; n]),
-        ] {
+        for (kind, mp) in
+            [("sparse holes", sparse), ("corner hole", corner), ("tiny value", tiny), ("no hole", vec![0.0; n])]
+        {
             let got = st.mask_validity(&mp, &g).unwrap();
             let want = reference::mask_validity(&to_f64(&mp), &g);
             assert_exact(&format!("{} ({kind}): mask validity", cfg.name), &got, &want);
@@ -259,15 +208,7 @@ fn query_patches_match_twin() {
 fn gemm_matches_twin() {
     let st = stages_or_skip!();
     let mut rng = Rng::new("gemm_matches_twin");
-    let mut shapes = vec![
-        (1, 1, 1),
-        (7, 5, 3),
-        (37, 29, 19),
-        (64, 64, 16),
-        (65, 33, 70),
-        (130, 3, 27),
-        (3, 130, 9),
-    ];
+    let mut shapes = vec![(1, 1, 1), (7, 5, 3), (37, 29, 19), (64, 64, 16), (65, 33, 70), (130, 3, 27), (3, 130, 9)];
     // The shapes the layer uses: scores [raw rows·wf, k²C]·[L, k²C]ᵀ and paste [rows·wf, L]·[L, K²C].
     for cfg in configs() {
         let g = cfg.geometry();
@@ -344,31 +285,20 @@ fn check_softmax(st: &Stages, what: &str, scores: &[f32], mm: &[f32], l: usize, 
         sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
         let margin = if l > 1 { sorted[0] - sorted[1] } else { f64::INFINITY };
         if margin > 1e-5 || row.iter().all(|&a| a == 0.0) {
-            assert_eq!(
-                got_i[q], want_i[q],
-                "{what}: argmax of row {q} (twin's top-2 margin {margin:e})"
-            );
+            assert_eq!(got_i[q], want_i[q], "{what}: argmax of row {q} (twin's top-2 margin {margin:e})");
             checked += 1;
         }
     }
-    assert!(
-        checked > 0,
-        "{what}: no row had a clear argmax; the test input is too flat"
-    );
+    assert!(checked > 0, "{what}: no row had a clear argmax; the test input is too flat");
 }
 
 #[test]
 fn softmax_matches_twin() {
     let st = stages_or_skip!();
     let mut rng = Rng::new("softmax_matches_twin");
-    for (rows, l, magnitude) in [
-        (37, 300, 1.0),
-        (9, 5, 1.0),
-        (4, 1, 1.0),
-        (3, 257, 1.0),
-        (64, 24, 1.0),
-        (16, 40, 1000.0),
-    ] {
+    for (rows, l, magnitude) in
+        [(37, 300, 1.0), (9, 5, 1.0), (4, 1, 1.0), (3, 257, 1.0), (64, 24, 1.0), (16, 40, 1000.0)]
+    {
         // magnitude 1000: logits ≈ 1e4 (SPEC §9.11) must stay finite and one-hot. Those scores
         // are multiples of 1/8 so that λ·s is exact in f32 for the λ used here; otherwise the f32
         // rounding of a 1e5 logit (~6e-3) alone would exceed the tolerance at near-ties.
@@ -393,11 +323,7 @@ fn softmax_matches_twin() {
                 }
             })
             .collect();
-        let masks = [
-            ("no mask", vec![1.0f32; l]),
-            ("mixed mask", mixed),
-            ("all masked", vec![0.0f32; l]),
-        ];
+        let masks = [("no mask", vec![1.0f32; l]), ("mixed mask", mixed), ("all masked", vec![0.0f32; l])];
         for (kind, mm) in &masks {
             for masking in [Masking::ZeroLogit, Masking::Exclude] {
                 for scale in [10.0f32, 0.5, 100.0] {
@@ -407,10 +333,7 @@ fn softmax_matches_twin() {
                 if *kind == "all masked" {
                     // SPEC §2.3 / §2.9: every patch masked → attention 0, mass 0, argmax 0, never NaN.
                     let (a, i, m) = st.softmax(&scores, mm, l, 10.0, masking).unwrap();
-                    assert!(
-                        a.iter().all(|&v| v == 0.0),
-                        "{kind} {masking:?}: attention not exactly 0"
-                    );
+                    assert!(a.iter().all(|&v| v == 0.0), "{kind} {masking:?}: attention not exactly 0");
                     assert!(m.iter().all(|&v| v == 0.0), "{kind} {masking:?}: mass not exactly 0");
                     assert!(i.iter().all(|&v| v == 0), "{kind} {masking:?}: argmax {i:?}");
                 }
@@ -437,13 +360,7 @@ fn fold_matches_twin() {
             let got = st.fold(&cols, rows.clone(), &g, &y).unwrap();
             let mut want = to_f64(&y);
             reference::fold(&to_f64(&cols), rows.clone(), &g, &mut want);
-            assert_close(
-                &format!("{}: fold of query rows {rows:?}", cfg.name),
-                &got,
-                &want,
-                ATOL,
-                RTOL,
-            );
+            assert_close(&format!("{}: fold of query rows {rows:?}", cfg.name), &got, &want, ATOL, RTOL);
         }
     }
 }

@@ -60,15 +60,10 @@ fn parse_queries(s: &str) -> CliResult<Vec<(usize, usize)>> {
 
 /// `contextual-attention attend`.
 pub fn run(a: AttendArgs) -> CliResult {
-    for p in [
-        Some(&a.out_y),
-        a.out_offsets.as_ref(),
-        a.out_mass.as_ref(),
-        a.out_flow.as_ref(),
-        a.out_attention.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
+    for p in
+        [Some(&a.out_y), a.out_offsets.as_ref(), a.out_mass.as_ref(), a.out_flow.as_ref(), a.out_attention.as_ref()]
+            .into_iter()
+            .flatten()
     {
         check_writable(p)?;
     }

@@ -162,10 +162,7 @@ pub fn run(a: BenchArgs) -> CliResult {
             .collect();
         println!("[{}]", items.join(","));
     } else {
-        println!(
-            "adapter: {adapter}; {} timed run(s) per row, {} warm-up",
-            repeats, warmup
-        );
+        println!("adapter: {adapter}; {} timed run(s) per row, {} warm-up", repeats, warmup);
         println!("| case | size | backend | median ms | GPU pass ms | GFLOP/s | GPU speed-up | max abs err vs twin |");
         println!("|---|---|---|---:|---:|---:|---:|---:|");
         for r in &rows {

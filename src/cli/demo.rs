@@ -31,12 +31,7 @@ pub struct DemoArgs {
 
 impl Default for DemoArgs {
     fn default() -> Self {
-        DemoArgs {
-            size: 160,
-            out: PathBuf::from("out"),
-            backend: BackendArg::Gpu,
-            no_compare: false,
-        }
+        DemoArgs { size: 160, out: PathBuf::from("out"), backend: BackendArg::Gpu, no_compare: false }
     }
 }
 
@@ -107,10 +102,7 @@ pub fn run(a: DemoArgs) -> CliResult {
             Backend::Cpu
         }
     };
-    let runner = Runner {
-        layer_backend,
-        compare: !a.no_compare,
-    };
+    let runner = Runner { layer_backend, compare: !a.no_compare };
     let bar = progress(3, "demo");
     let out = |name: &str| a.out.join(name);
 
@@ -120,20 +112,12 @@ pub fn run(a: DemoArgs) -> CliResult {
     let [_, th, tw, _] = target.shape();
     let scale = a.size as f64 / th.max(tw) as f64;
     let target = crop_to_multiple(
-        &resize(
-            &target,
-            (th as f64 * scale).round() as usize,
-            (tw as f64 * scale).round() as usize,
-        ),
+        &resize(&target, (th as f64 * scale).round() as usize, (tw as f64 * scale).round() as usize),
         2,
     )?;
     let side = (a.size * 2 / 3).max(8) / 2 * 2;
     let source = resize(&io::read_image_rgb(&asset("astronaut.png"))?, side, side);
-    let params = Params {
-        rate: 2,
-        fuse: false,
-        ..Default::default()
-    };
+    let params = Params { rate: 2, fuse: false, ..Default::default() };
     let rec = bar.suspend(|| runner.run("reconstruction", params, &target, &source, None))?;
     io::write_image(&out("reconstruction_target.png"), &target)?;
     io::write_image(&out("reconstruction_source.png"), &source)?;
@@ -155,10 +139,7 @@ pub fn run(a: DemoArgs) -> CliResult {
         ((y0..y0 + hh).contains(&y) && (x0..x0 + hw).contains(&x)) as u8 as f32
     });
     let coarse = diffuse_fill(&brick, &mask);
-    let params = Params {
-        rate: 2,
-        ..Default::default()
-    };
+    let params = Params { rate: 2, ..Default::default() };
     let mut current = coarse.clone();
     let mut filled = None;
     for pass in 1..=FILL_PASSES {
@@ -184,10 +165,7 @@ pub fn run(a: DemoArgs) -> CliResult {
     //    attention is one-hot on each query's own patch and y should reproduce b. |y − b| maps
     //    show where the original's constant divisor is wrong, and that exact overlap is not.
     let side = (a.size / 2).max(12) / 6 * 6; // divisible by rates 2 and 3
-    let cat = crop_to_multiple(
-        &io::read_image_gray(&asset("chelsea.png")).map(|t| resize(&t, side, side))?,
-        6,
-    )?;
+    let cat = crop_to_multiple(&io::read_image_gray(&asset("chelsea.png")).map(|t| resize(&t, side, side))?, 6)?;
     for (name, rate, kernel, overlap) in [
         ("identity_quarter_r2k4", 2, 4, Overlap::Quarter),
         ("identity_quarter_r3k4", 3, 4, Overlap::Quarter),
@@ -202,9 +180,7 @@ pub fn run(a: DemoArgs) -> CliResult {
             ..Default::default()
         };
         let res = bar.suspend(|| runner.run(name, params, &cat, &cat, None))?;
-        let diff = Tensor::from_fn(cat.shape(), |_, y, x, c| {
-            (res.y.at(0, y, x, c) - cat.at(0, y, x, c)).abs()
-        });
+        let diff = Tensor::from_fn(cat.shape(), |_, y, x, c| (res.y.at(0, y, x, c) - cat.at(0, y, x, c)).abs());
         let max = diff.data().iter().copied().fold(0.0f32, f32::max);
         println!("  {name}: max |y − b| = {max:.3e} (values 0–255)");
         io::write_image(&out(&format!("{name}.png")), &diff)?;

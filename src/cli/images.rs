@@ -91,12 +91,8 @@ pub fn diffuse_fill(img: &Tensor, mask: &Tensor) -> Tensor {
         .map(|(i, ch)| img.at(0, i / w, i % w, ch) as f64)
         .collect();
     let mean = known.iter().sum::<f64>() / known.len().max(1) as f64;
-    let mut cur: Vec<f64> = img
-        .data()
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| if hole(i / c / w, i / c % w) { mean } else { v as f64 })
-        .collect();
+    let mut cur: Vec<f64> =
+        img.data().iter().enumerate().map(|(i, &v)| if hole(i / c / w, i / c % w) { mean } else { v as f64 }).collect();
     let iterations = 4 * h.max(w);
     for _ in 0..iterations {
         let prev = cur.clone();
@@ -125,24 +121,21 @@ pub fn diffuse_fill(img: &Tensor, mask: &Tensor) -> Tensor {
 
 /// `y` inside the hole, `img` outside.
 pub fn composite(img: &Tensor, y: &Tensor, mask: &Tensor) -> Tensor {
-    Tensor::from_fn(img.shape(), |_, yy, x, c| {
-        if mask.at(0, yy, x, 0) > 0.5 {
-            y.at(0, yy, x, c)
-        } else {
-            img.at(0, yy, x, c)
-        }
-    })
+    Tensor::from_fn(
+        img.shape(),
+        |_, yy, x, c| {
+            if mask.at(0, yy, x, 0) > 0.5 {
+                y.at(0, yy, x, c)
+            } else {
+                img.at(0, yy, x, c)
+            }
+        },
+    )
 }
 
 /// `img` with the hole painted white.
 pub fn with_hole(img: &Tensor, mask: &Tensor) -> Tensor {
-    Tensor::from_fn(img.shape(), |_, y, x, c| {
-        if mask.at(0, y, x, 0) > 0.5 {
-            255.0
-        } else {
-            img.at(0, y, x, c)
-        }
-    })
+    Tensor::from_fn(img.shape(), |_, y, x, c| if mask.at(0, y, x, 0) > 0.5 { 255.0 } else { img.at(0, y, x, c) })
 }
 
 /// Writes the flow image(s) of `out` to `path` (one per batch item: `_0`, `_1`, … when B > 1).
@@ -151,11 +144,7 @@ pub fn write_flow(path: &Path, out: &Output, stride: usize, rate: usize) -> CliR
     let batch = out.y.shape()[0];
     let images = flow::flow_image(&out.offsets, batch, hf, wf, stride, rate);
     for (n, rgb) in images.iter().enumerate() {
-        let p = if batch > 1 {
-            suffixed(path, n)
-        } else {
-            path.to_path_buf()
-        };
+        let p = if batch > 1 { suffixed(path, n) } else { path.to_path_buf() };
         io::write_rgb8(&p, (wf * rate) as u32, (hf * rate) as u32, rgb)?;
     }
     Ok(())
@@ -163,10 +152,7 @@ pub fn write_flow(path: &Path, out: &Output, stride: usize, rate: usize) -> CliR
 
 /// `dir/name_N.ext` for `dir/name.ext`.
 pub fn suffixed(path: &Path, n: usize) -> PathBuf {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let name = match path.extension() {
         Some(ext) => format!("{stem}_{n}.{}", ext.to_string_lossy()),
         None => format!("{stem}_{n}"),

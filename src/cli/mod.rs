@@ -130,17 +130,9 @@ impl LayerArgs {
 
 /// Checks before any long work that `path` can be written: its folder exists.
 pub fn check_writable(path: &Path) -> CliResult {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.is_dir() {
-        return Err(format!(
-            "{}: the folder {} does not exist; create it first",
-            path.display(),
-            dir.display()
-        )
-        .into());
+        return Err(format!("{}: the folder {} does not exist; create it first", path.display(), dir.display()).into());
     }
     Ok(())
 }
@@ -192,8 +184,7 @@ pub fn run_layer(
     eprintln!(
         "layer: {:.1} ms{}",
         ms(t),
-        out.gpu_time_ms
-            .map_or(String::new(), |g| format!(" (GPU compute pass {g:.1} ms)"))
+        out.gpu_time_ms.map_or(String::new(), |g| format!(" (GPU compute pass {g:.1} ms)"))
     );
     Ok(out)
 }

@@ -27,9 +27,7 @@ impl std::fmt::Debug for Gpu {
 }
 
 /// The backends tried when `WGPU_BACKEND` is not set: the native ones this crate targets.
-const NATIVE: wgpu::Backends = wgpu::Backends::VULKAN
-    .union(wgpu::Backends::METAL)
-    .union(wgpu::Backends::DX12);
+const NATIVE: wgpu::Backends = wgpu::Backends::VULKAN.union(wgpu::Backends::METAL).union(wgpu::Backends::DX12);
 
 fn instance() -> wgpu::Instance {
     wgpu::Instance::new(wgpu::InstanceDescriptor {
@@ -61,11 +59,7 @@ pub fn describe_adapter(info: &wgpu::AdapterInfo) -> String {
         info.name,
         info.backend,
         info.device_type,
-        if driver.is_empty() {
-            String::new()
-        } else {
-            format!(", {driver}")
-        }
+        if driver.is_empty() { String::new() } else { format!(", {driver}") }
     )
 }
 
@@ -86,18 +80,13 @@ impl Gpu {
         let adapter = if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
             // wgpu's own helper panics when nothing matches; a message is more useful.
             let wanted = name.to_lowercase();
-            let adapters = instance
-                .enumerate_adapters(wgpu::Backends::from_env().unwrap_or(NATIVE))
-                .await;
+            let adapters = instance.enumerate_adapters(wgpu::Backends::from_env().unwrap_or(NATIVE)).await;
             let seen: Vec<String> = adapters.iter().map(|a| describe_adapter(&a.get_info())).collect();
-            adapters
-                .into_iter()
-                .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
-                .ok_or_else(|| {
-                    Error::NoAdapter(format!(
-                        "no adapter name contains WGPU_ADAPTER_NAME={name:?}; adapters seen: {seen:?}"
-                    ))
-                })?
+            adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&wanted)).ok_or_else(|| {
+                Error::NoAdapter(format!(
+                    "no adapter name contains WGPU_ADAPTER_NAME={name:?}; adapters seen: {seen:?}"
+                ))
+            })?
         } else {
             instance
                 .request_adapter(&wgpu::RequestAdapterOptions {
@@ -130,17 +119,9 @@ impl Gpu {
         }));
         let sink = errors.clone();
         device.set_device_lost_callback(move |reason, msg| {
-            sink.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(format!("device lost ({reason:?}): {msg}"));
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(format!("device lost ({reason:?}): {msg}"));
         });
-        Ok(Gpu {
-            device,
-            queue,
-            info: adapter.get_info(),
-            errors,
-            kernels: Arc::default(),
-        })
+        Ok(Gpu { device, queue, info: adapter.get_info(), errors, kernels: Arc::default() })
     }
 
     /// Wraps a device and queue the caller already has, so that the layer shares it with a
@@ -148,13 +129,7 @@ impl Gpu {
     /// (`adapter.get_info()`). The caller's error handler and device-lost callback are left as
     /// they are: the layer catches its own errors with error scopes around its work.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Gpu {
-        Gpu {
-            device,
-            queue,
-            info,
-            errors: Arc::default(),
-            kernels: Arc::default(),
-        }
+        Gpu { device, queue, info, errors: Arc::default(), kernels: Arc::default() }
     }
 
     /// The adapter's description from wgpu.
@@ -196,12 +171,8 @@ impl Gpu {
     /// validation, out-of-memory or internal error it caused, or one recorded earlier, into an
     /// [`Error::Gpu`].
     pub(crate) fn checked<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
-        let scopes = [
-            wgpu::ErrorFilter::Validation,
-            wgpu::ErrorFilter::OutOfMemory,
-            wgpu::ErrorFilter::Internal,
-        ]
-        .map(|filter| self.device.push_error_scope(filter));
+        let scopes = [wgpu::ErrorFilter::Validation, wgpu::ErrorFilter::OutOfMemory, wgpu::ErrorFilter::Internal]
+            .map(|filter| self.device.push_error_scope(filter));
         let result = work();
         // Scopes are popped innermost first.
         let mut caught: Vec<String> = Vec::new();
@@ -232,10 +203,7 @@ impl Gpu {
     /// Blocks until `submission` has finished and its callbacks have run.
     pub(crate) fn wait(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
         self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(submission),
-                timeout: None,
-            })
+            .poll(wgpu::PollType::Wait { submission_index: Some(submission), timeout: None })
             .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
         Ok(())
     }

@@ -16,21 +16,15 @@ use crate::plan::{Plan, Tile};
 use crate::tensor::Tensor;
 
 /// Usage of every working buffer.
-const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_DST)
-    .union(wgpu::BufferUsages::COPY_SRC);
+const STORAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_DST).union(wgpu::BufferUsages::COPY_SRC);
 
 /// Creates a storage buffer of `len` 4-byte elements after checking it against the device limits.
 pub(crate) fn storage(gpu: &Gpu, name: &'static str, len: usize) -> Result<wgpu::Buffer> {
     let size = (len.max(1) * 4) as u64;
     let limit = gpu.max_binding();
     if size > limit {
-        return Err(Error::BufferTooLarge {
-            name,
-            size,
-            limit,
-            what: "storage binding",
-        });
+        return Err(Error::BufferTooLarge { name, size, limit, what: "storage binding" });
     }
     Ok(gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(name),
@@ -96,14 +90,7 @@ impl IndexTable {
                 }
             })
             .collect();
-        IndexTable {
-            data,
-            f_rows,
-            f_cols,
-            b_rows,
-            b_cols,
-            tiles,
-        }
+        IndexTable { data, f_rows, f_cols, b_rows, b_cols, tiles }
     }
 }
 
@@ -197,9 +184,7 @@ pub(crate) struct Pending {
 /// Output rows touched by the paste of query rows `rows`.
 fn touched_rows(g: &Geometry, rows: &Range<usize>) -> Range<usize> {
     let lo = (g.rate * rows.start).saturating_sub(g.paste_pad.0);
-    let hi = (g.rate * (rows.end - 1) + g.paste_kernel)
-        .saturating_sub(g.paste_pad.0)
-        .min(g.f_size.0);
+    let hi = (g.rate * (rows.end - 1) + g.paste_kernel).saturating_sub(g.paste_pad.0).min(g.f_size.0);
     lo..hi.max(lo)
 }
 
@@ -219,10 +204,7 @@ pub(crate) fn submit(
 ) -> Result<Pending> {
     g.check_queries(queries)?;
     let index = IndexTable::new(&g, &plan, queries);
-    let key = WorkspaceKey {
-        geometry: g.clone(),
-        plan: plan.clone(),
-    };
+    let key = WorkspaceKey { geometry: g.clone(), plan: plan.clone() };
     if workspace.as_ref().map(|w| &w.key) != Some(&key) {
         *workspace = None; // free the old buffers before allocating new ones
         let buffers = Buffers::new(gpu, &g, &plan)?;
@@ -246,37 +228,27 @@ pub(crate) fn submit(
     let rows = storage(gpu, "attention rows", rows_len)?;
     let mut rec = Recorder::new(&gpu.device);
     for n in 0..g.batch {
-        let call = Call {
-            bufs,
-            index: &index_buf,
-            rows: &rows,
-            queries: queries.len(),
-        };
+        let call = Call { bufs, index: &index_buf, rows: &rows, queries: queries.len() };
         record_item(&mut rec, &call, &index, params, &g, &plan, n, mask.is_some())?;
     }
 
     // GPU time of the pass from timestamp queries, where the device has them.
-    let timestamps = gpu
-        .device
-        .features()
-        .contains(wgpu::Features::TIMESTAMP_QUERY)
-        .then(|| {
-            let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("pass time"),
-                ty: wgpu::QueryType::Timestamp,
-                count: 2,
-            });
-            let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("pass time"),
-                size: 16,
-                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            });
-            (set, resolve)
+    let timestamps = gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY).then(|| {
+        let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("pass time"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
         });
-    let mut parts = rec.encode(&gpu.device, kernels, timestamps.as_ref().map(|t| &t.0), |first| {
-        first.clear_buffer(&bufs.y, 0, None)
+        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("pass time"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        (set, resolve)
     });
+    let mut parts = rec
+        .encode(&gpu.device, kernels, timestamps.as_ref().map(|t| &t.0), |first| first.clear_buffer(&bufs.y, 0, None));
     let mut encoder = parts.pop().expect("at least one part");
     // The readback buffer belongs to the call, so a call still being read back is never
     // overwritten by the next one.
@@ -287,12 +259,7 @@ pub(crate) fn submit(
     let out_bytes = ts_at + if timestamps.is_some() { 16 } else { 0 };
     let limit = gpu.device.limits().max_buffer_size;
     if out_bytes > limit {
-        return Err(Error::BufferTooLarge {
-            name: "readback",
-            size: out_bytes,
-            limit,
-            what: "buffer",
-        });
+        return Err(Error::BufferTooLarge { name: "readback", size: out_bytes, limit, what: "buffer" });
     }
     let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("readback"),
@@ -317,14 +284,7 @@ pub(crate) fn submit(
     let mut submissions: Vec<wgpu::SubmissionIndex> = parts.into_iter().map(|e| queue.submit([e.finish()])).collect();
     submissions.push(queue.submit([encoder.finish()]));
     let timestamp_at = timestamps.is_some().then_some(ts_at as usize);
-    Ok(Pending {
-        geometry: g,
-        queries: queries.to_vec(),
-        staging,
-        submissions,
-        receiver,
-        timestamp_at,
-    })
+    Ok(Pending { geometry: g, queries: queries.to_vec(), staging, submissions, receiver, timestamp_at })
 }
 
 // Parameter blocks of each stage, shared by the forward pass and the single-stage runners.
@@ -461,11 +421,7 @@ pub(crate) fn softmax_params(
 pub(crate) fn fold_params(g: &Geometry, rows: Range<usize>, item: usize, overlap: Overlap) -> Result<FoldParams> {
     let (hf_full, wf_full) = g.f_size;
     let c = g.channels;
-    let out_rows = if rows.is_empty() {
-        0..hf_full
-    } else {
-        touched_rows(g, &rows)
-    };
+    let out_rows = if rows.is_empty() { 0..hf_full } else { touched_rows(g, &rows) };
     Ok(FoldParams {
         count: u32_of("y", out_rows.len() * wf_full * c)?,
         y_off: u32_of("y", item * hf_full * wf_full * c)?,
@@ -513,66 +469,17 @@ fn record_item(
     let (hb_full, wb_full) = g.b_size;
     let l = g.patches() as u64;
 
-    let p = downscale_params(
-        n * hf_full * wf_full * c,
-        wf_full,
-        c,
-        index.f_rows,
-        index.f_cols,
-        g.hf,
-        g.wf,
-    )?;
-    rec.linear(
-        Kernel::Downscale,
-        &p,
-        &[(1, &bufs.f), (2, call.index), (3, &bufs.fp)],
-        p.count as u64,
-    )?;
-    let p = downscale_params(
-        n * hb_full * wb_full * c,
-        wb_full,
-        c,
-        index.b_rows,
-        index.b_cols,
-        g.hb,
-        g.wb,
-    )?;
-    rec.linear(
-        Kernel::Downscale,
-        &p,
-        &[(1, &bufs.b), (2, call.index), (3, &bufs.bp)],
-        p.count as u64,
-    )?;
+    let p = downscale_params(n * hf_full * wf_full * c, wf_full, c, index.f_rows, index.f_cols, g.hf, g.wf)?;
+    rec.linear(Kernel::Downscale, &p, &[(1, &bufs.f), (2, call.index), (3, &bufs.fp)], p.count as u64)?;
+    let p = downscale_params(n * hb_full * wb_full * c, wb_full, c, index.b_rows, index.b_cols, g.hb, g.wb)?;
+    rec.linear(Kernel::Downscale, &p, &[(1, &bufs.b), (2, call.index), (3, &bufs.bp)], p.count as u64)?;
 
-    rec.linear(
-        Kernel::MatchingPatches,
-        &matching_params(g, c),
-        &[(1, &bufs.bp), (2, &bufs.pb), (3, &bufs.norms)],
-        l,
-    )?;
+    rec.linear(Kernel::MatchingPatches, &matching_params(g, c), &[(1, &bufs.bp), (2, &bufs.pb), (3, &bufs.norms)], l)?;
     if has_mask && (g.mask_batch > 1 || n == 0) {
         let m = if g.mask_batch > 1 { n } else { 0 };
-        let p = downscale_params(
-            m * hb_full * wb_full,
-            wb_full,
-            1,
-            index.b_rows,
-            index.b_cols,
-            g.hb,
-            g.wb,
-        )?;
-        rec.linear(
-            Kernel::Downscale,
-            &p,
-            &[(1, &bufs.mask), (2, call.index), (3, &bufs.mp)],
-            p.count as u64,
-        )?;
-        rec.linear(
-            Kernel::MaskValidity,
-            &matching_params(g, 1),
-            &[(1, &bufs.mp), (2, &bufs.mm)],
-            l,
-        )?;
+        let p = downscale_params(m * hb_full * wb_full, wb_full, 1, index.b_rows, index.b_cols, g.hb, g.wb)?;
+        rec.linear(Kernel::Downscale, &p, &[(1, &bufs.mask), (2, call.index), (3, &bufs.mp)], p.count as u64)?;
+        rec.linear(Kernel::MaskValidity, &matching_params(g, 1), &[(1, &bufs.mp), (2, &bufs.mm)], l)?;
     }
     let p = raw_params(g, n * hb_full * wb_full * c)?;
     rec.linear(Kernel::RawPatches, &p, &[(1, &bufs.b), (2, &bufs.raw)], p.count as u64)?;
@@ -598,72 +505,33 @@ fn record_tile(
     let bufs = call.bufs;
     let (l, wf) = (g.patches(), g.wf);
     let p = query_params(g, tile.raw_rows.len(), ti.raw_rows)?;
-    rec.linear(
-        Kernel::QueryPatches,
-        &p,
-        &[(1, &bufs.fp), (2, &bufs.pf), (4, call.index)],
-        p.count as u64,
-    )?;
+    rec.linear(Kernel::QueryPatches, &p, &[(1, &bufs.fp), (2, &bufs.pf), (4, call.index)], p.count as u64)?;
     let p = gemm_params(tile.raw_rows.len() * wf, l, g.match_len(), true)?;
-    rec.gemm(
-        Kernel::ScoresGemm,
-        &p,
-        &[(1, &bufs.pf), (2, &bufs.pb), (3, &bufs.scores)],
-    )?;
+    rec.gemm(Kernel::ScoresGemm, &p, &[(1, &bufs.pf), (2, &bufs.pb), (3, &bufs.scores)])?;
 
     // The second fuse pass writes into the raw scores' buffer, free once the first pass has
     // read it; the softmax then turns those rows into attention in place.
     let attention = &bufs.scores;
     if g.fuse.is_some() {
         let p = fuse_params(g, FusePass::Rows, tile.pass1_rows.len(), ti.raw_slots, ti.pass1_rows)?;
-        rec.linear(
-            Kernel::Fuse,
-            &p,
-            &[(1, &bufs.scores), (2, call.index), (3, &bufs.pass1)],
-            p.count as u64,
-        )?;
+        rec.linear(Kernel::Fuse, &p, &[(1, &bufs.scores), (2, call.index), (3, &bufs.pass1)], p.count as u64)?;
         let p = fuse_params(g, FusePass::Cols, tile.rows.len(), ti.pass1_slots, ti.rows)?;
-        rec.linear(
-            Kernel::Fuse,
-            &p,
-            &[(1, &bufs.pass1), (2, call.index), (3, attention)],
-            p.count as u64,
-        )?;
+        rec.linear(Kernel::Fuse, &p, &[(1, &bufs.pass1), (2, call.index), (3, attention)], p.count as u64)?;
     }
 
     let rows_m = tile.rows.len() * wf;
-    let p = softmax_params(
-        rows_m,
-        l,
-        params.softmax_scale,
-        params.masking,
-        n * g.queries() + tile.rows.start * wf,
-    )?;
+    let p = softmax_params(rows_m, l, params.softmax_scale, params.masking, n * g.queries() + tile.rows.start * wf)?;
     let groups = rec.fold_groups(Kernel::Softmax, rows_m as u64)?;
-    rec.dispatch(
-        Kernel::Softmax,
-        &p,
-        &[(1, attention), (2, &bufs.mm), (3, &bufs.argmax), (4, &bufs.mass)],
-        groups,
-    );
+    rec.dispatch(Kernel::Softmax, &p, &[(1, attention), (2, &bufs.mm), (3, &bufs.argmax), (4, &bufs.mass)], groups);
 
     if ti.pairs_len > 0 {
         // Destination rows are numbered per call; item n's start at n·Q.
         let p = rows_params(ti.pairs_len, l, ti.pairs, n * call.queries)?;
-        rec.linear(
-            Kernel::CopyRows,
-            &p,
-            &[(1, attention), (2, call.index), (3, call.rows)],
-            p.count as u64,
-        )?;
+        rec.linear(Kernel::CopyRows, &p, &[(1, attention), (2, call.index), (3, call.rows)], p.count as u64)?;
     }
 
     let p = gemm_params(rows_m, g.raw_len(), l, false)?;
-    rec.gemm(
-        Kernel::PasteGemm,
-        &p,
-        &[(1, attention), (2, &bufs.raw), (3, &bufs.cols)],
-    )?;
+    rec.gemm(Kernel::PasteGemm, &p, &[(1, attention), (2, &bufs.raw), (3, &bufs.cols)])?;
 
     let p = fold_params(g, tile.rows.clone(), n, params.overlap)?;
     rec.linear(Kernel::Fold, &p, &[(1, &bufs.cols), (2, &bufs.y)], p.count as u64)?;
@@ -689,10 +557,7 @@ impl Pending {
         let device = gpu.device.clone();
         let submission = self.submissions.last().expect("at least one submission").clone();
         std::thread::spawn(move || {
-            let _ = device.poll(wgpu::PollType::Wait {
-                submission_index: Some(submission),
-                timeout: None,
-            });
+            let _ = device.poll(wgpu::PollType::Wait { submission_index: Some(submission), timeout: None });
         });
         let mapped = self.receiver.receive().await;
         self.read(gpu, mapped)

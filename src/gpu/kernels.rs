@@ -96,10 +96,8 @@ impl Kernels {
             .iter()
             .map(|k| {
                 let (file, entry, trans_b) = k.source();
-                let constants: Vec<(&str, f64)> = trans_b
-                    .map(|t| ("TRANS_B", if t { 1.0 } else { 0.0 }))
-                    .into_iter()
-                    .collect();
+                let constants: Vec<(&str, f64)> =
+                    trans_b.map(|t| ("TRANS_B", if t { 1.0 } else { 0.0 })).into_iter().collect();
                 device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(kernel_name(*k)),
                     layout: None,
@@ -278,10 +276,7 @@ impl Recorder {
         let bytes = bytemuck::bytes_of(params);
         self.uniforms.extend_from_slice(bytes);
         let size = bytes.len().div_ceil(16) * 16;
-        self.uniforms.resize(
-            offset + size.max(UNIFORM_ALIGN).div_ceil(UNIFORM_ALIGN) * UNIFORM_ALIGN,
-            0,
-        );
+        self.uniforms.resize(offset + size.max(UNIFORM_ALIGN).div_ceil(UNIFORM_ALIGN) * UNIFORM_ALIGN, 0);
         self.ops.push(Op {
             kernel,
             uniform_offset: offset as u64,
@@ -300,11 +295,7 @@ impl Recorder {
         let x = groups.min(max);
         let y = groups.div_ceil(x);
         if y > max {
-            return Err(Error::DispatchTooLarge {
-                kernel: kernel_name(kernel),
-                groups,
-                limit: self.max_groups,
-            });
+            return Err(Error::DispatchTooLarge { kernel: kernel_name(kernel), groups, limit: self.max_groups });
         }
         Ok((x as u32, y as u32))
     }
@@ -356,11 +347,8 @@ impl Recorder {
         timestamps: Option<&wgpu::QuerySet>,
         prelude: impl FnOnce(&mut wgpu::CommandEncoder),
     ) -> Vec<wgpu::CommandEncoder> {
-        let new_encoder = || {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("contextual attention"),
-            })
-        };
+        let new_encoder =
+            || device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("contextual attention") });
         let mut first = new_encoder();
         prelude(&mut first);
         if self.ops.is_empty() {

@@ -22,17 +22,13 @@ pub struct Stages {
     kernels: Arc<Kernels>,
 }
 
-const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_DST)
-    .union(wgpu::BufferUsages::COPY_SRC);
+const STORAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_DST).union(wgpu::BufferUsages::COPY_SRC);
 
 impl Stages {
     /// Compiles (or reuses) the pipelines of `gpu`.
     pub fn new(gpu: &Gpu) -> Result<Stages> {
-        Ok(Stages {
-            gpu: gpu.clone(),
-            kernels: gpu.kernels()?,
-        })
+        Ok(Stages { gpu: gpu.clone(), kernels: gpu.kernels()? })
     }
 
     fn input<T: Pod>(&self, data: &[T]) -> wgpu::Buffer {
@@ -101,19 +97,10 @@ impl Stages {
     /// Align-corners NN downscale of `[h, w, c]` with the given index maps.
     pub fn downscale(&self, x: &[f32], w: usize, c: usize, rows: &[u32], cols: &[u32]) -> Result<Vec<f32>> {
         let index: Vec<u32> = rows.iter().chain(cols).copied().collect();
-        let (src, idx, dst) = (
-            self.input(x),
-            self.input(&index),
-            self.poisoned(rows.len() * cols.len() * c),
-        );
+        let (src, idx, dst) = (self.input(x), self.input(&index), self.poisoned(rows.len() * cols.len() * c));
         let p = downscale_params(0, w, c, 0, rows.len() as u32, rows.len(), cols.len())?;
         let mut rec = self.rec();
-        rec.linear(
-            Kernel::Downscale,
-            &p,
-            &[(1, &src), (2, &idx), (3, &dst)],
-            p.count as u64,
-        )?;
+        rec.linear(Kernel::Downscale, &p, &[(1, &src), (2, &idx), (3, &dst)], p.count as u64)?;
         Ok(Self::floats(self.run(rec, &[(&dst, p.count as usize)])?.remove(0)))
     }
 
@@ -138,12 +125,7 @@ impl Stages {
         let l = g.patches();
         let (src, dst) = (self.input(mp), self.poisoned(l));
         let mut rec = self.rec();
-        rec.linear(
-            Kernel::MaskValidity,
-            &matching_params(g, 1),
-            &[(1, &src), (2, &dst)],
-            l as u64,
-        )?;
+        rec.linear(Kernel::MaskValidity, &matching_params(g, 1), &[(1, &src), (2, &dst)], l as u64)?;
         Ok(Self::floats(self.run(rec, &[(&dst, l)])?.remove(0)))
     }
 
@@ -162,12 +144,7 @@ impl Stages {
         let p = query_params(g, rows.len(), 0)?;
         let (src, idx, dst) = (self.input(fp), self.input(&index), self.poisoned(p.count as usize));
         let mut rec = self.rec();
-        rec.linear(
-            Kernel::QueryPatches,
-            &p,
-            &[(1, &src), (2, &dst), (4, &idx)],
-            p.count as u64,
-        )?;
+        rec.linear(Kernel::QueryPatches, &p, &[(1, &src), (2, &dst), (4, &idx)], p.count as u64)?;
         Ok(Self::floats(self.run(rec, &[(&dst, p.count as usize)])?.remove(0)))
     }
 

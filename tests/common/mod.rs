@@ -50,15 +50,9 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn new(label: &str) -> Rng {
-        let seed = std::env::var("CA_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
+        let seed = std::env::var("CA_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        });
         eprintln!("{label}: CA_TEST_SEED={seed}");
         Rng(seed)
     }
@@ -86,29 +80,19 @@ impl Rng {
     pub fn hole(&mut self, batch: usize, h: usize, w: usize) -> Tensor {
         let (y0, x0) = (self.below(h / 2 + 1), self.below(w / 2 + 1));
         let (y1, x1) = (y0 + 1 + self.below(h - y0), x0 + 1 + self.below(w - x0));
-        Tensor::from_fn([batch, h, w, 1], |_, y, x, _| {
-            ((y0..y1).contains(&y) && (x0..x1).contains(&x)) as u8 as f32
-        })
+        Tensor::from_fn([batch, h, w, 1], |_, y, x, _| ((y0..y1).contains(&y) && (x0..x1).contains(&x)) as u8 as f32)
     }
 }
 
 /// The goldens' input: value(n,y,x,c) = ((7y + 3x + 5c + 11n) mod 13 − 6) · 0.125 (SPEC §9).
 pub fn pattern(shape: [usize; 4]) -> Tensor {
-    Tensor::from_fn(shape, |n, y, x, c| {
-        ((((7 * y + 3 * x + 5 * c + 11 * n) % 13) as i64 - 6) as f32) * 0.125
-    })
+    Tensor::from_fn(shape, |n, y, x, c| ((((7 * y + 3 * x + 5 * c + 11 * n) % 13) as i64 - 6) as f32) * 0.125)
 }
 
 /// Asserts `|got − want| ≤ atol + rtol·|want|` everywhere; on failure names the worst element,
 /// the max and the mean |Δ|. NaN in `got` always fails.
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{what}: lengths differ ({} vs {})",
-        got.len(),
-        want.len()
-    );
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ ({} vs {})", got.len(), want.len());
     let mut worst = (0usize, f64::NEG_INFINITY, 0.0f64); // index, excess over tolerance, |Δ|
     let (mut max_d, mut sum_d, mut bad) = (0.0f64, 0.0f64, 0usize);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
