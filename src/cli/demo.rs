@@ -5,11 +5,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use contextual_attention::{io, Backend, ContextualAttention, Gpu, Output, Overlap, Params, Tensor};
 
-use super::images::{composite, crop_to_multiple, diffuse_fill, resize, with_hole, write_flow};
+use super::images::{composite, crop_to_multiple, line_fill, resize, with_hole, write_flow};
 use super::{ms, progress, timed, BackendArg, CliResult};
-
-/// Passes of the hole filling (each on the previous one's composite).
-const FILL_PASSES: usize = 3;
 
 const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets");
 
@@ -125,40 +122,23 @@ pub fn run(a: DemoArgs) -> CliResult {
     write_flow(&out("reconstruction_flow.png"), &rec, 1, 2)?;
     bar.inc(1);
 
-    // 2. Hole filling on a texture: coarse diffusion fill, then the layer with f = b = the
-    //    coarse image and the hole as mask, as the models call it (rate 2, fuse on). The pass is
-    //    repeated on its own composite, so later passes match the structure the first one
-    //    pasted, as a refinement network's second stage would.
+    // 2. Hole filling on a texture: a coarse fill (interpolation across the hole along the
+    //    texture's courses), then the layer with f = b = the coarse image and the hole as mask,
+    //    as the models call it (rate 2, fuse on): the hole is rebuilt from sharp patches.
     let brick = io::read_image_gray(&asset("brick.png"))?;
-    let side = (a.size * 4 / 5).max(16);
-    let brick = crop_to_multiple(&resize(&brick, side, side), 2)?;
+    let brick = crop_to_multiple(&resize(&brick, a.size, a.size), 2)?;
     let [_, h, w, _] = brick.shape();
     let (hh, hw) = (h / 4, w / 3);
     let (y0, x0) = ((h - hh) / 2, (w - hw) / 2);
     let mask = Tensor::from_fn([1, h, w, 1], |_, y, x, _| {
         ((y0..y0 + hh).contains(&y) && (x0..x0 + hw).contains(&x)) as u8 as f32
     });
-    let coarse = diffuse_fill(&brick, &mask);
+    let coarse = line_fill(&brick, &mask);
     let params = Params { rate: 2, ..Default::default() };
-    let mut current = coarse.clone();
-    let mut filled = None;
-    for pass in 1..=FILL_PASSES {
-        let out = bar.suspend(|| {
-            runner.run(
-                &format!("hole filling, pass {pass}/{FILL_PASSES}"),
-                params.clone(),
-                &current,
-                &current,
-                Some(&mask),
-            )
-        })?;
-        current = composite(&brick, &out.y, &mask);
-        filled = Some(out);
-    }
-    let filled = filled.expect("at least one pass");
+    let filled = bar.suspend(|| runner.run("hole filling", params, &coarse, &coarse, Some(&mask)))?;
     io::write_image(&out("fill_input.png"), &with_hole(&brick, &mask))?;
     io::write_image(&out("fill_coarse.png"), &coarse)?;
-    io::write_image(&out("fill_result.png"), &current)?;
+    io::write_image(&out("fill_result.png"), &composite(&brick, &filled.y, &mask))?;
     write_flow(&out("fill_flow.png"), &filled, 1, 2)?;
     bar.inc(1);
     // 3. The seed's identity experiment: f = b, no mask, fuse off, softmax scale 1000, so the
