@@ -163,14 +163,15 @@ pub fn run(a: BenchArgs) -> CliResult {
         println!("[{}]", items.join(","));
     } else {
         println!("adapter: {adapter}; {} timed run(s) per row, {} warm-up", repeats, warmup);
-        println!("| case | size | backend | median ms | GPU pass ms | GFLOP/s | GPU speed-up | max abs err vs twin |");
-        println!("|---|---|---|---:|---:|---:|---:|---:|");
+        println!("| case | size | backend | adapter | median ms | GPU pass ms | GFLOP/s | GPU speed-up | max abs err vs twin |");
+        println!("|---|---|---|---|---:|---:|---:|---:|---:|");
         for r in &rows {
             println!(
-                "| {} | {} | {} | {:.1} | {} | {:.2} | {} | {} |",
+                "| {} | {} | {} | {} | {:.1} | {} | {:.2} | {} | {} |",
                 r.case,
                 r.size,
                 r.backend,
+                r.adapter,
                 r.median_ms,
                 r.pass_ms.map_or(String::new(), |p| format!("{p:.1}")),
                 r.gflops,
