@@ -16,7 +16,7 @@ use crate::plan::{Plan, Tile};
 use crate::tensor::Tensor;
 
 /// Usage of every working buffer.
-const STORAGE: wgpu::BufferUsages =
+pub(crate) const STORAGE: wgpu::BufferUsages =
     wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_DST).union(wgpu::BufferUsages::COPY_SRC);
 
 /// Creates a storage buffer of `len` 4-byte elements after checking it against the device limits.

@@ -12,6 +12,7 @@ use crate::geometry::{FusePass, Geometry};
 use crate::gpu::context::Gpu;
 use crate::gpu::forward::{
     downscale_params, fold_params, fuse_params, gemm_params, matching_params, query_params, raw_params, softmax_params,
+    STORAGE,
 };
 use crate::gpu::kernels::{Kernel, Kernels, Recorder};
 use crate::params::{Masking, Overlap};
@@ -21,9 +22,6 @@ pub struct Stages {
     gpu: Gpu,
     kernels: Arc<Kernels>,
 }
-
-const STORAGE: wgpu::BufferUsages =
-    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_DST).union(wgpu::BufferUsages::COPY_SRC);
 
 impl Stages {
     /// Compiles (or reuses) the pipelines of `gpu`.
