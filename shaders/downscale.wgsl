@@ -1,6 +1,6 @@
 // Align-corners nearest-neighbour downscale (SPEC §2.5). The source indices
 // roundf(o · f32(in−1)/f32(out−1)) are computed once on the host (geometry.rs) and passed in
-// `index`, so the f32 rounding rule lives in one place.
+// `index`, so the f32 rounding rule lives in one place. One invocation per output element.
 
 struct Params {
     count: u32,    // elements of the output
@@ -10,24 +10,23 @@ struct Params {
     c: u32,        // channels
     rows_off: u32, // offset of the row map in `index`
     cols_off: u32, // offset of the column map in `index`
-    dst_off: u32,  // element offset in `dst`
 }
+
+const WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read> index: array<u32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
-    let idx = (wg.y * nwg.x + wg.x) * 256u + li; // grid folded under 65535 per dimension
+    let idx = flat_index(wg, nwg, li, WG);
     if (idx >= P.count) { return; }
     let ch = idx % P.c;
     let t = idx / P.c;
-    let j = t % P.out_w;
-    let i = t / P.out_w;
-    let sy = index[P.rows_off + i];
-    let sx = index[P.cols_off + j];
-    dst[P.dst_off + idx] = src[P.src_off + (sy * P.src_w + sx) * P.c + ch];
+    let sy = index[P.rows_off + t / P.out_w];
+    let sx = index[P.cols_off + t % P.out_w];
+    dst[idx] = src[P.src_off + (sy * P.src_w + sx) * P.c + ch];
 }

@@ -4,7 +4,7 @@
 // pass and column-major in the second, so steps wrap across grid rows / columns. The spatial
 // mode (1) steps in 2-D with zero padding: horizontally, then vertically.
 // Output rows are listed in `index` (out_rows_off); the input's rows are found through a
-// slot map (in_slots_off: slot of each grid row in `src`).
+// slot map (in_slots_off: slot of each grid row in `scores`).
 
 struct Params {
     count: u32,        // out rows · wf · L
@@ -18,13 +18,14 @@ struct Params {
     p: u32,            // offsets run over -p ..= fk-1-p
     in_slots_off: u32,
     out_rows_off: u32,
-    _pad: u32,
 }
 
+const WG: u32 = 256u;
+
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var<storage, read> scores: array<f32>;
 @group(0) @binding(2) var<storage, read> index: array<u32>;
-@group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(3) var<storage, read_write> fused: array<f32>;
 
 // Steps (i, j) on an h×w grid by d; .x = 1 if the step stays on the grid, then (.y, .z) = (i, j).
 fn step(h: i32, w: i32, i: i32, j: i32, d: i32) -> vec3<i32> {
@@ -46,10 +47,10 @@ fn step(h: i32, w: i32, i: i32, j: i32, d: i32) -> vec3<i32> {
     return vec3<i32>(1, i + d, j);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
-    let idx = (wg.y * nwg.x + wg.x) * 256u + li;
+    let idx = flat_index(wg, nwg, li, WG);
     if (idx >= P.count) { return; }
     let l = P.ph * P.pw;
     let beta = idx % l;
@@ -65,8 +66,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         let sp = step(i32(P.ph), i32(P.pw), i32(u), i32(v), d);
         if (sq.x == 1 && sp.x == 1) {
             let slot = index[P.in_slots_off + u32(sq.y)];
-            sum += src[(slot * P.wf + u32(sq.z)) * l + u32(sp.y) * P.pw + u32(sp.z)];
+            sum += scores[(slot * P.wf + u32(sq.z)) * l + u32(sp.y) * P.pw + u32(sp.z)];
         }
     }
-    dst[idx] = sum;
+    fused[idx] = sum;
 }

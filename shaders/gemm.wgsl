@@ -10,9 +10,6 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    a_off: u32,
-    b_off: u32,
-    c_off: u32,
     lda: u32,
     ldb: u32,
     ldc: u32,
@@ -47,7 +44,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             let gm = row0 + am;
             let gk = k0 + ak;
             var va = 0.0;
-            if (gm < P.m && gk < P.k) { va = a[P.a_off + gm * P.lda + gk]; }
+            if (gm < P.m && gk < P.k) { va = a[gm * P.lda + gk]; }
             tile_a[ak * BM + am] = va;
             var vb = 0.0;
             if (TRANS_B) {
@@ -55,14 +52,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
                 let bk = e % BK;
                 let gn = col0 + bn;
                 let gkb = k0 + bk;
-                if (gn < P.n && gkb < P.k) { vb = b[P.b_off + gn * P.ldb + gkb]; }
+                if (gn < P.n && gkb < P.k) { vb = b[gn * P.ldb + gkb]; }
                 tile_b[bk * BN + bn] = vb;
             } else {
                 let bk = e / BN;
                 let bn = e % BN;
                 let gn = col0 + bn;
                 let gkb = k0 + bk;
-                if (gn < P.n && gkb < P.k) { vb = b[P.b_off + gkb * P.ldb + gn]; }
+                if (gn < P.n && gkb < P.k) { vb = b[gkb * P.ldb + gn]; }
                 tile_b[bk * BN + bn] = vb;
             }
         }
@@ -87,7 +84,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         let gm = row0 + lid.y + 16u * i;
         for (var j = 0u; j < 4u; j++) {
             let gn = col0 + lid.x + 16u * j;
-            if (gm < P.m && gn < P.n) { c[P.c_off + gm * P.ldc + gn] = acc[i * 4u + j]; }
+            if (gm < P.m && gn < P.n) { c[gm * P.ldc + gn] = acc[i * 4u + j]; }
         }
     }
 }

@@ -9,15 +9,12 @@ struct Params {
     l: u32,
     scale: f32,
     masking: u32,
-    mm_off: u32,    // offset of this batch item's validity in `mm`
     out_off: u32,   // index of the tile's first query in `argmax` / `mass`
-    _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read_write> scores: array<f32>;
-@group(0) @binding(2) var<storage, read> mm: array<f32>;
+@group(0) @binding(2) var<storage, read> validity: array<f32>;
 @group(0) @binding(3) var<storage, read_write> argmax: array<u32>;
 @group(0) @binding(4) var<storage, read_write> mass: array<f32>;
 
@@ -37,7 +34,7 @@ fn valid(m: f32) -> bool {
     return P.masking == 0u || m != 0.0;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
     let row = wg.y * nwg.x + wg.x; // uniform across the workgroup
@@ -48,7 +45,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     var mx = LOWEST;
     var found = 0.0;
     for (var t = li; t < P.l; t += WG) {
-        let m = mm[P.mm_off + t];
+        let m = validity[t];
         if (valid(m)) {
             mx = max(mx, logit(scores[base + t], m));
             found = 1.0;
@@ -71,7 +68,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     // 2. denominator over all patches (masked ones add exp(0 − max) in the original mode)
     var sum = 0.0;
     for (var t = li; t < P.l; t += WG) {
-        let m = mm[P.mm_off + t];
+        let m = validity[t];
         if (valid(m)) { sum += exp(logit(scores[base + t], m) - row_max); }
     }
     red_f[li] = sum;
@@ -88,7 +85,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     var best_i = 0u;
     var total = 0.0;
     for (var t = li; t < P.l; t += WG) {
-        let m = mm[P.mm_off + t];
+        let m = validity[t];
         var a = 0.0;
         if (has_valid && valid(m)) { a = m * (exp(logit(scores[base + t], m) - row_max) / denom); }
         scores[base + t] = a;

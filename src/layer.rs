@@ -1,71 +1,73 @@
 //! The layer object callers use: parameters plus a backend, built once and reused.
 
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
 use crate::error::Result;
 use crate::geometry::Geometry;
 use crate::gpu::context::Gpu;
 use crate::gpu::forward::{self, Workspace};
-use crate::gpu::kernels::Kernels;
+use crate::gpu::kernel::Kernels;
+use crate::output::Output;
 use crate::params::{Params, DEFAULT_MEMORY_BUDGET};
 use crate::plan::Plan;
 use crate::reference;
 use crate::tensor::Tensor;
 
-/// What one call produces. Equality compares the results, not `gpu_time_ms`.
-#[derive(Clone, Debug)]
-pub struct Output {
-    /// The reconstruction, `[B, Hf, Wf, C]`.
-    pub y: Tensor,
-    /// Per query, the patch with the largest attention (first on ties), as a flat index
-    /// `u·pw + v` into b's patch grid; `[B, hf, wf]` flattened.
-    pub argmax: Vec<u32>,
-    /// The same as (row, col) in b's patch grid: int32 `[B, hf, wf, 2]` flattened.
-    pub offsets: Vec<i32>,
-    /// Sum of the attention over the patches per query, `[B, hf, wf]` flattened. Below 1 where
-    /// masked patches took mass (the original's 0-logit masking).
-    pub mass: Vec<f32>,
-    /// The query grid (hf, wf).
-    pub grid: (usize, usize),
-    /// b's patch grid (ph, pw).
-    pub patch_grid: (usize, usize),
-    /// The queries (i, j) whose attention rows were asked for ([`ContextualAttention::forward_inspect`]).
-    pub queries: Vec<(usize, usize)>,
-    /// Their attention over b's patches, `[B, queries, ph, pw]` flattened; empty unless asked for.
-    pub attention_rows: Vec<f32>,
-    /// Time the GPU spent in the layer's compute pass (timestamp queries), where the device
-    /// supports them; `None` on the CPU backend. Excludes upload and readback.
-    pub gpu_time_ms: Option<f64>,
+/// How one call runs, beyond its inputs: every option combines with every other.
+///
+/// ```
+/// use contextual_attention::RunOptions;
+/// let report = |done: usize, total: usize| eprintln!("{done}/{total} tiles");
+/// let options = RunOptions::new().progress(&report).queries(&[(0, 0), (3, 5)]).tile_rows(4);
+/// assert_eq!(options.tile_rows, Some(4));
+/// ```
+#[derive(Clone, Copy, Default)]
+pub struct RunOptions<'a> {
+    /// Told `(done, total)` as query tiles finish (per batch item and tile).
+    pub progress: Option<&'a dyn Fn(usize, usize)>,
+    /// Queries (i, j) of the hf×wf query grid whose attention rows the output carries in
+    /// [`Output::attention_rows`] (for every batch item).
+    pub queries: &'a [(usize, usize)],
+    /// Query rows per tile, whatever the memory budget says (for tests and experiments with
+    /// tilings; the result does not depend on the tiling). `None`: planned under the budget.
+    pub tile_rows: Option<usize>,
 }
 
-impl PartialEq for Output {
-    fn eq(&self, o: &Self) -> bool {
-        (
-            &self.y,
-            &self.argmax,
-            &self.offsets,
-            &self.mass,
-            self.grid,
-            self.patch_grid,
-            &self.queries,
-            &self.attention_rows,
-        ) == (&o.y, &o.argmax, &o.offsets, &o.mass, o.grid, o.patch_grid, &o.queries, &o.attention_rows)
+impl std::fmt::Debug for RunOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("progress", &self.progress.map(|_| "callback"))
+            .field("queries", &self.queries)
+            .field("tile_rows", &self.tile_rows)
+            .finish()
     }
 }
 
-impl Output {
-    pub(crate) fn new(g: &Geometry, y: Tensor, argmax: Vec<u32>, mass: Vec<f32>) -> Output {
-        let offsets = argmax.iter().flat_map(|&a| [(a as usize / g.pw) as i32, (a as usize % g.pw) as i32]).collect();
-        Output {
-            y,
-            argmax,
-            offsets,
-            mass,
-            grid: (g.hf, g.wf),
-            patch_grid: (g.ph, g.pw),
-            queries: Vec::new(),
-            attention_rows: Vec::new(),
-            gpu_time_ms: None,
+impl<'a> RunOptions<'a> {
+    /// No progress, no inspected queries, tiles planned under the memory budget.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reports `(done, total)` query tiles to `progress`.
+    pub fn progress(self, progress: &'a dyn Fn(usize, usize)) -> Self {
+        RunOptions { progress: Some(progress), ..self }
+    }
+
+    /// Also returns the attention rows of these queries (i, j).
+    pub fn queries(self, queries: &'a [(usize, usize)]) -> Self {
+        RunOptions { queries, ..self }
+    }
+
+    /// Tiles of `rows` query rows.
+    pub fn tile_rows(self, rows: usize) -> Self {
+        RunOptions { tile_rows: Some(rows), ..self }
+    }
+
+    fn report(&self, done: usize, total: usize) {
+        if let Some(p) = self.progress {
+            p(done, total)
         }
     }
 }
@@ -145,14 +147,46 @@ impl ContextualAttention {
     ///
     /// `f` `[B, Hf, Wf, C]` are the queries (foreground), `b` `[B, Hb, Wb, C]` the patches
     /// (background); `mask` `[1 or B, Hb, Wb, 1]` marks with 1 the pixels of b that may not be
-    /// used as a source.
-    pub fn forward(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Output> {
-        self.run(f, b, mask, &[], None, &mut |_, _| {})
+    /// used as a source. `options` adds progress, inspected queries and a fixed tiling. Long
+    /// calls are submitted to the GPU in parts, one per tile, so that no submission runs long
+    /// enough for the operating system to reset the GPU.
+    pub fn run(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>, options: &RunOptions) -> Result<Output> {
+        let (g, plan) = self.prepare(f.shape(), b.shape(), mask.map(|m| m.shape()), options.tile_rows)?;
+        let mut progress = |done, total| options.report(done, total);
+        match &self.backend {
+            Backend::Cpu => reference::forward(&self.params, &g, &plan, f, b, mask, options.queries, &mut progress),
+            Backend::Gpu(gpu) => self.submit(gpu, g, plan, f, b, mask, options.queries)?.wait(gpu, &mut progress),
+        }
     }
 
-    /// [`forward`](Self::forward), calling `progress(done, total)` as the work advances (once
-    /// per query tile of each batch item). Long calls are submitted to the GPU in parts, one per
-    /// tile, so that no submission runs long enough for the operating system to reset the GPU.
+    /// [`run`](Self::run) as a future that resolves when the readback is mapped. A helper thread
+    /// waits on the device, so the caller's executor is not blocked; progress is told once, when
+    /// the results are in. On the CPU backend the work runs before the future is returned.
+    pub async fn run_async(
+        &self,
+        f: &Tensor,
+        b: &Tensor,
+        mask: Option<&Tensor>,
+        options: &RunOptions<'_>,
+    ) -> Result<Output> {
+        match &self.backend {
+            Backend::Cpu => self.run(f, b, mask, options),
+            Backend::Gpu(gpu) => {
+                let (g, plan) = self.prepare(f.shape(), b.shape(), mask.map(|m| m.shape()), options.tile_rows)?;
+                let tiles = g.batch * plan.tiles.len();
+                let out = self.submit(gpu, g, plan, f, b, mask, options.queries)?.wait_async(gpu).await?;
+                options.report(tiles, tiles);
+                Ok(out)
+            }
+        }
+    }
+
+    /// [`run`](Self::run) with default options.
+    pub fn forward(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Output> {
+        self.run(f, b, mask, &RunOptions::new())
+    }
+
+    /// [`run`](Self::run), calling `progress(done, total)` once per query tile of each item.
     pub fn forward_with_progress(
         &self,
         f: &Tensor,
@@ -160,11 +194,11 @@ impl ContextualAttention {
         mask: Option<&Tensor>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Output> {
-        self.run(f, b, mask, &[], None, progress)
+        let progress = RefCell::new(progress);
+        self.run(f, b, mask, &RunOptions::new().progress(&|done, total| (progress.borrow_mut())(done, total)))
     }
 
-    /// [`forward`](Self::forward), also returning the attention rows of the queries (i, j) of
-    /// the hf×wf query grid in [`Output::attention_rows`] (for every batch item).
+    /// [`run`](Self::run) with the attention rows of `queries` (see [`RunOptions::queries`]).
     pub fn forward_inspect(
         &self,
         f: &Tensor,
@@ -172,21 +206,15 @@ impl ContextualAttention {
         mask: Option<&Tensor>,
         queries: &[(usize, usize)],
     ) -> Result<Output> {
-        self.run(f, b, mask, queries, None, &mut |_, _| {})
+        self.run(f, b, mask, &RunOptions::new().queries(queries))
     }
 
-    /// [`forward`](Self::forward) as a future that resolves when the readback is mapped. A helper
-    /// thread waits on the device, so the caller's executor is not blocked. On the CPU backend
-    /// the work runs before the future is returned.
+    /// [`run_async`](Self::run_async) with default options.
     pub async fn forward_async(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> Result<Output> {
-        match &self.backend {
-            Backend::Cpu => self.run(f, b, mask, &[], None, &mut |_, _| {}),
-            Backend::Gpu(gpu) => self.submit(gpu, f, b, mask, &[], None)?.wait_async(gpu).await,
-        }
+        self.run_async(f, b, mask, &RunOptions::new()).await
     }
 
-    /// Runs the layer in tiles of `rows_per_tile` query rows, whatever the memory budget says
-    /// (for tests and experiments with tilings; the result does not depend on the tiling).
+    /// [`run`](Self::run) in tiles of `rows_per_tile` query rows (see [`RunOptions::tile_rows`]).
     pub fn forward_with_tile_rows(
         &self,
         rows_per_tile: usize,
@@ -194,7 +222,7 @@ impl ContextualAttention {
         b: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Output> {
-        self.run(f, b, mask, &[], Some(rows_per_tile), &mut |_, _| {})
+        self.run(f, b, mask, &RunOptions::new().tile_rows(rows_per_tile))
     }
 
     /// The tile plan a call with these shapes would use.
@@ -227,36 +255,19 @@ impl ContextualAttention {
         Ok((g, plan))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
         gpu: &Gpu,
+        g: Geometry,
+        plan: Plan,
         f: &Tensor,
         b: &Tensor,
         mask: Option<&Tensor>,
         queries: &[(usize, usize)],
-        rows_per_tile: Option<usize>,
     ) -> Result<forward::Pending> {
-        let (g, plan) = self.prepare(f.shape(), b.shape(), mask.map(|m| m.shape()), rows_per_tile)?;
         let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
         gpu.checked(|| forward::submit(gpu, self.kernels(), &mut ws, &self.params, g, plan, f, b, mask, queries))
-    }
-
-    fn run(
-        &self,
-        f: &Tensor,
-        b: &Tensor,
-        mask: Option<&Tensor>,
-        queries: &[(usize, usize)],
-        rows_per_tile: Option<usize>,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Output> {
-        match &self.backend {
-            Backend::Cpu => {
-                let (g, plan) = self.prepare(f.shape(), b.shape(), mask.map(|m| m.shape()), rows_per_tile)?;
-                reference::forward(&self.params, &g, &plan, f, b, mask, queries, progress)
-            }
-            Backend::Gpu(gpu) => self.submit(gpu, f, b, mask, queries, rows_per_tile)?.wait(gpu, progress),
-        }
     }
 
     fn kernels(&self) -> &Kernels {

@@ -27,12 +27,15 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod chain;
 pub mod error;
+pub mod fill;
 pub mod flow;
 pub mod geometry;
 pub mod gpu;
 pub mod io;
 mod layer;
+pub mod output;
 pub mod params;
 pub mod plan;
 pub mod reference;
@@ -41,7 +44,8 @@ pub mod tensor;
 pub use error::{Error, Result};
 pub use geometry::Geometry;
 pub use gpu::context::Gpu;
-pub use layer::{Backend, ContextualAttention, Output};
+pub use layer::{Backend, ContextualAttention, RunOptions};
+pub use output::Output;
 pub use params::{FuseMode, Masking, Overlap, Params};
 pub use plan::Plan;
 pub use tensor::Tensor;

@@ -89,10 +89,17 @@ impl Tensor {
         }
     }
 
-    /// The largest absolute element-wise difference to `other` (NaN counts as infinite).
-    pub fn max_abs_diff(&self, other: &Tensor) -> f32 {
-        assert_eq!(self.shape, other.shape, "max_abs_diff of tensors with different shapes");
-        self.data
+    /// The largest absolute element-wise difference to `other` (NaN counts as infinite); an
+    /// error if the shapes differ.
+    pub fn max_abs_diff(&self, other: &Tensor) -> Result<f32> {
+        if self.shape != other.shape {
+            return Err(Error::shape(
+                "other",
+                format!("max_abs_diff compares tensors of one shape, got {:?} and {:?}", self.shape, other.shape),
+            ));
+        }
+        Ok(self
+            .data
             .iter()
             .zip(&other.data)
             .map(|(a, b)| {
@@ -103,6 +110,6 @@ impl Tensor {
                     d
                 }
             })
-            .fold(0.0, f32::max)
+            .fold(0.0, f32::max))
     }
 }

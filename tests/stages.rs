@@ -1,15 +1,16 @@
 //! Each GPU stage on its own against its CPU twin (DESIGN.md, Testing): fresh random inputs
 //! (never all zeros), several shapes (odd, non-square, rate 1/2/3, ksize 3/4/5, stride 1/2,
-//! paste kernel 2r and others), outputs poisoned with NaN by `Stages` so an unwritten element
+//! paste kernel 2r and others), outputs poisoned with NaN by each stage's `run` so an unwritten element
 //! fails. Exact where the stage only moves data; ~1e-5 relative where it sums.
 
 mod common;
 
 use common::{assert_close, to_f64, Rng};
 use contextual_attention::geometry::FusePass;
-use contextual_attention::gpu::stages::Stages;
+use contextual_attention::gpu::stages;
 use contextual_attention::plan::{Plan, Tile};
 use contextual_attention::reference;
+use contextual_attention::Gpu;
 use contextual_attention::{FuseMode, Geometry, Masking, Overlap, Params};
 
 /// Tolerances of the summing stages: |Δ| ≤ ATOL + RTOL·|want|.
@@ -76,14 +77,9 @@ fn configs() -> Vec<Config> {
     ]
 }
 
-fn stages() -> Option<Stages> {
-    common::gpu().map(|g| Stages::new(g).expect("compiling the stage pipelines"))
-}
-
 macro_rules! stages_or_skip {
     () => {{
-        let _gpu = gpu_or_skip!();
-        stages().unwrap()
+        gpu_or_skip!()
     }};
 }
 
@@ -100,18 +96,18 @@ fn downscale_matches_twin() {
         let g = cfg.geometry();
         let c = g.channels;
         let f = rng.vec(g.f_size.0 * g.f_size.1 * c, -1.0, 1.0);
-        let got = st.downscale(&f, g.f_size.1, c, &g.f_rows, &g.f_cols).unwrap();
+        let got = stages::downscale::run(st, &f, g.f_size.1, c, &g.f_rows, &g.f_cols).unwrap();
         let want = reference::downscale(&to_f64(&f), g.f_size.1, c, &g.f_rows, &g.f_cols);
         assert_eq!(want.len(), g.queries() * c);
         assert_exact(&format!("{}: downscale f", cfg.name), &got, &want);
 
         let b = rng.vec(g.b_size.0 * g.b_size.1 * c, -1.0, 1.0);
-        let got = st.downscale(&b, g.b_size.1, c, &g.b_rows, &g.b_cols).unwrap();
+        let got = stages::downscale::run(st, &b, g.b_size.1, c, &g.b_rows, &g.b_cols).unwrap();
         let want = reference::downscale(&to_f64(&b), g.b_size.1, c, &g.b_rows, &g.b_cols);
         assert_exact(&format!("{}: downscale b", cfg.name), &got, &want);
 
         let m: Vec<f32> = (0..g.b_size.0 * g.b_size.1).map(|_| (rng.below(3) == 0) as u8 as f32).collect();
-        let got = st.downscale(&m, g.b_size.1, 1, &g.b_rows, &g.b_cols).unwrap();
+        let got = stages::downscale::run(st, &m, g.b_size.1, 1, &g.b_rows, &g.b_cols).unwrap();
         let want = reference::downscale(&to_f64(&m), g.b_size.1, 1, &g.b_rows, &g.b_cols);
         assert_exact(&format!("{}: downscale mask", cfg.name), &got, &want);
     }
@@ -139,7 +135,7 @@ fn matching_patches_and_norms_match_twin() {
         }
         inputs.push(("zero rows and a tiny pixel", holey));
         for (kind, bp) in inputs {
-            let (got_p, got_n) = st.matching_patches(&bp, &g).unwrap();
+            let (got_p, got_n) = stages::matching_patches::run(st, &bp, &g).unwrap();
             let (want_p, want_n) = reference::matching_patches(&to_f64(&bp), &g);
             assert_close(&format!("{} ({kind}): matching patches", cfg.name), &got_p, &want_p, ATOL, RTOL);
             assert_close(&format!("{} ({kind}): patch norms", cfg.name), &got_n, &want_n, ATOL, RTOL);
@@ -162,7 +158,7 @@ fn mask_validity_matches_twin() {
         for (kind, mp) in
             [("sparse holes", sparse), ("corner hole", corner), ("tiny value", tiny), ("no hole", vec![0.0; n])]
         {
-            let got = st.mask_validity(&mp, &g).unwrap();
+            let got = stages::mask_validity::run(st, &mp, &g).unwrap();
             let want = reference::mask_validity(&to_f64(&mp), &g);
             assert_exact(&format!("{} ({kind}): mask validity", cfg.name), &got, &want);
         }
@@ -176,7 +172,7 @@ fn raw_patches_match_twin() {
     for cfg in configs() {
         let g = cfg.geometry();
         let b = rng.vec(g.b_size.0 * g.b_size.1 * g.channels, -1.0, 1.0);
-        let got = st.raw_patches(&b, &g).unwrap();
+        let got = stages::raw_patches::run(st, &b, &g).unwrap();
         let want = reference::raw_patches(&to_f64(&b), &g);
         assert_eq!(want.len(), g.patches() * g.raw_len());
         assert_exact(&format!("{}: raw patches", cfg.name), &got, &want);
@@ -197,7 +193,7 @@ fn query_patches_match_twin() {
         row_sets.push(vec![g.hf - 1]);
         row_sets.dedup();
         for rows in row_sets {
-            let got = st.query_patches(&fp, &g, &rows).unwrap();
+            let got = stages::query_patches::run(st, &fp, &g, &rows).unwrap();
             let want = reference::query_patches(&to_f64(&fp), &g, &rows);
             assert_exact(&format!("{}: query patches of rows {rows:?}", cfg.name), &got, &want);
         }
@@ -219,7 +215,7 @@ fn gemm_matches_twin() {
         for trans_b in [true, false] {
             let a = rng.vec(m * k, -1.0, 1.0);
             let b = rng.vec(n * k, -1.0, 1.0);
-            let got = st.gemm(&a, &b, m, n, k, trans_b).unwrap();
+            let got = stages::gemm::run(st, &a, &b, m, n, k, trans_b).unwrap();
             let want = if trans_b {
                 reference::gemm_nt(&to_f64(&a), &to_f64(&b), m, n, k)
             } else {
@@ -255,14 +251,14 @@ fn fuse_passes_match_twin() {
                     // Pass 1 (rows): raw rows → first-pass rows.
                     let input = rng.vec(t.raw_rows.len() * g.wf * l, -1.0, 1.0);
                     let slots = Tile::slot_map(&t.raw_rows, g.hf);
-                    let got = st.fuse_pass(&input, &slots, &t.pass1_rows, &g, FusePass::Rows).unwrap();
+                    let got = stages::fuse::run(st, &input, &slots, &t.pass1_rows, &g, FusePass::Rows).unwrap();
                     let want = reference::fuse_pass(&to_f64(&input), &slots, &t.pass1_rows, &g, FusePass::Rows);
                     assert_close(&format!("{what}: fuse pass Rows"), &got, &want, ATOL, RTOL);
                     // Pass 2 (cols): first-pass rows → the tile's rows.
                     let input = rng.vec(t.pass1_rows.len() * g.wf * l, -1.0, 1.0);
                     let slots = Tile::slot_map(&t.pass1_rows, g.hf);
                     let rows: Vec<usize> = t.rows.clone().collect();
-                    let got = st.fuse_pass(&input, &slots, &rows, &g, FusePass::Cols).unwrap();
+                    let got = stages::fuse::run(st, &input, &slots, &rows, &g, FusePass::Cols).unwrap();
                     let want = reference::fuse_pass(&to_f64(&input), &slots, &rows, &g, FusePass::Cols);
                     assert_close(&format!("{what}: fuse pass Cols"), &got, &want, ATOL, RTOL);
                 }
@@ -273,8 +269,8 @@ fn fuse_passes_match_twin() {
 
 /// Compares the GPU softmax of `scores` with the twin's; argmax where the twin's top-2 margin
 /// exceeds 1e-5, or where the whole row is 0 (everything masked: the first index, 0).
-fn check_softmax(st: &Stages, what: &str, scores: &[f32], mm: &[f32], l: usize, scale: f32, masking: Masking) {
-    let (got_a, got_i, got_m) = st.softmax(scores, mm, l, scale, masking).unwrap();
+fn check_softmax(st: &Gpu, what: &str, scores: &[f32], mm: &[f32], l: usize, scale: f32, masking: Masking) {
+    let (got_a, got_i, got_m) = stages::softmax::run(st, scores, mm, l, scale, masking).unwrap();
     let mut want_a = to_f64(scores);
     let (want_i, want_m) = reference::softmax(&mut want_a, &to_f64(mm), l, scale as f64, masking);
     assert_close(&format!("{what}: attention"), &got_a, &want_a, ATOL, RTOL);
@@ -328,17 +324,38 @@ fn softmax_matches_twin() {
             for masking in [Masking::ZeroLogit, Masking::Exclude] {
                 for scale in [10.0f32, 0.5, 100.0] {
                     let what = format!("softmax {rows}×{l}, |s| ≤ {magnitude}, {kind}, {masking:?}, λ={scale}");
-                    check_softmax(&st, &what, &scores, mm, l, scale, masking);
+                    check_softmax(st, &what, &scores, mm, l, scale, masking);
                 }
                 if *kind == "all masked" {
                     // SPEC §2.3 / §2.9: every patch masked → attention 0, mass 0, argmax 0, never NaN.
-                    let (a, i, m) = st.softmax(&scores, mm, l, 10.0, masking).unwrap();
+                    let (a, i, m) = stages::softmax::run(st, &scores, mm, l, 10.0, masking).unwrap();
                     assert!(a.iter().all(|&v| v == 0.0), "{kind} {masking:?}: attention not exactly 0");
                     assert!(m.iter().all(|&v| v == 0.0), "{kind} {masking:?}: mass not exactly 0");
                     assert!(i.iter().all(|&v| v == 0), "{kind} {masking:?}: argmax {i:?}");
                 }
             }
         }
+    }
+}
+
+#[test]
+fn attention_rows_match_twin() {
+    let st = stages_or_skip!();
+    let mut rng = Rng::new("attention_rows_match_twin");
+    for (rows, l) in [(6, 35), (1, 1), (12, 300)] {
+        let attention = rng.vec(rows * l, 0.0, 1.0);
+        // Some rows copied, one twice, to destination rows in another order; some left out.
+        let dst_rows = rows + 2;
+        let mut pairs: Vec<(u32, u32)> = (0..rows as u32).step_by(2).map(|r| (r, dst_rows as u32 - 1 - r)).collect();
+        pairs.push((0, 1.min(dst_rows as u32 - 1)));
+        pairs.dedup_by_key(|p| p.1);
+        let got = stages::attention_rows::run(st, &attention, l, &pairs, dst_rows).unwrap();
+        let mut want = vec![f32::NAN; dst_rows * l];
+        reference::attention_rows(&to_f64(&attention), l, &pairs, 0, &mut want);
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(g.to_bits() == w.to_bits(), "rows {rows}, l {l}: element {k} is {g}, want {w} (NaN = not written)");
+        }
+        assert!(got.iter().any(|v| v.is_nan()) == want.iter().any(|v| v.is_nan()));
     }
 }
 
@@ -357,7 +374,7 @@ fn fold_matches_twin() {
         for rows in tiles {
             let cols = rng.vec(rows.len() * g.wf * g.raw_len(), -1.0, 1.0);
             let y = rng.vec(y_len, -1.0, 1.0); // added onto a non-zero y
-            let got = st.fold(&cols, rows.clone(), &g, &y).unwrap();
+            let got = stages::fold::run(st, &cols, rows.clone(), &g, &y).unwrap();
             let mut want = to_f64(&y);
             reference::fold(&to_f64(&cols), rows.clone(), &g, &mut want);
             assert_close(&format!("{}: fold of query rows {rows:?}", cfg.name), &got, &want, ATOL, RTOL);
@@ -373,7 +390,7 @@ fn normalize_matches_twin() {
         let g = cfg.geometry();
         let y = rng.vec(g.f_size.0 * g.f_size.1 * g.channels, -1.0, 1.0);
         for overlap in [Overlap::Quarter, Overlap::Exact] {
-            let got = st.normalize(&y, &g, overlap).unwrap();
+            let got = stages::normalize::run(st, &y, &g, overlap).unwrap();
             let mut want = to_f64(&y);
             reference::normalize(&mut want, &g, overlap);
             assert_close(&format!("{}: normalize {overlap:?}", cfg.name), &got, &want, 0.0, 1e-6);
@@ -390,7 +407,7 @@ fn dispatch_grid_folds_past_65535_workgroups() {
     let x: Vec<f32> = (0..n * n).map(|i| (i % 65_521) as f32).collect();
     // Reversed row and column maps, so every output element comes from a different place.
     let rev: Vec<u32> = (0..n as u32).rev().collect();
-    let got = st.downscale(&x, n, 1, &rev, &rev).unwrap();
+    let got = stages::downscale::run(st, &x, n, 1, &rev, &rev).unwrap();
     assert_eq!(got.len(), n * n);
     for (k, &v) in got.iter().enumerate() {
         let (i, j) = (k / n, k % n);

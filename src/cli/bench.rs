@@ -108,7 +108,7 @@ pub fn run(a: BenchArgs) -> CliResult {
             bar.set_message(format!("{} on CPU twin", case.name));
             let (t, _, y) = measure(&ContextualAttention::cpu(case.params.clone())?, case, 0, repeats)?;
             bar.inc(1);
-            Some((t, gpu_y.max_abs_diff(&y) as f64))
+            Some((t, gpu_y.max_abs_diff(&y)? as f64))
         } else {
             None
         };

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use contextual_attention::{io, Backend, ContextualAttention, Gpu, Output, Overlap, Params, Tensor};
 
-use super::images::{composite, crop_to_multiple, line_fill, resize, with_hole, write_flow};
+use super::images::{crop_to_multiple, resize, write_flow};
 use super::{ms, progress, timed, BackendArg, CliResult};
+use contextual_attention::fill::{composite, line_fill, with_hole};
 
 const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets");
 
@@ -60,7 +61,7 @@ impl Runner {
             print!(
                 ", CPU twin: {:.0} ms, max |GPU − CPU| = {:.3e} (values 0–255), argmax agrees at {}/{} queries",
                 ms(tc),
-                out.y.max_abs_diff(&twin.y),
+                out.y.max_abs_diff(&twin.y)?,
                 agree,
                 out.argmax.len()
             );

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use contextual_attention::gpu::context::{describe_adapter, list_adapters};
-use contextual_attention::{Backend, ContextualAttention, FuseMode, Gpu, Masking, Overlap, Params};
+use contextual_attention::{Backend, ContextualAttention, FuseMode, Gpu, Masking, Overlap, Params, RunOptions};
 
 /// Errors of the program: the library's, or a message of its own.
 pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -166,27 +166,34 @@ pub fn run_layer(
     mask: Option<&contextual_attention::Tensor>,
     queries: &[(usize, usize)],
 ) -> CliResult<contextual_attention::Output> {
+    with_progress(layer, queries, |options| layer.run(f, b, mask, options), |out| out)
+}
+
+/// Runs `work` (one layer call, given its options) with a progress bar over the tiles and the
+/// attention rows of `queries`, then reports the time of the call (`output` finds its layer
+/// output).
+pub fn with_progress<T>(
+    layer: &ContextualAttention,
+    queries: &[(usize, usize)],
+    work: impl FnOnce(&RunOptions) -> contextual_attention::Result<T>,
+    output: impl Fn(&T) -> &contextual_attention::Output,
+) -> CliResult<T> {
     eprintln!("running on {}", layer.describe_backend());
     let bar = progress(0, "tiles");
     bar.disable_steady_tick(); // drawn when the first tile is done, not before
-    let (out, t) = timed(|| {
-        if queries.is_empty() {
-            layer.forward_with_progress(f, b, mask, &mut |done, total| {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            })
-        } else {
-            layer.forward_inspect(f, b, mask, queries)
-        }
-    });
+    let report = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let (result, t) = timed(|| work(&RunOptions::new().progress(&report).queries(queries)));
     bar.finish_and_clear();
-    let out = out?;
+    let result = result?;
     eprintln!(
         "layer: {:.1} ms{}",
         ms(t),
-        out.gpu_time_ms.map_or(String::new(), |g| format!(" (GPU compute pass {g:.1} ms)"))
+        output(&result).gpu_time_ms.map_or(String::new(), |g| format!(" (GPU compute pass {g:.1} ms)"))
     );
-    Ok(out)
+    Ok(result)
 }
 
 /// `contextual-attention adapters`.

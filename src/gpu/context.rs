@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
-use crate::gpu::kernels::Kernels;
+use crate::gpu::kernel::Kernels;
 
 /// A wgpu device and queue with everything the layer needs to run on it.
 ///

@@ -1,23 +1,20 @@
-//! The whole layer on the GPU: upload, per batch item the b-side stages, per query tile the
-//! scores → fuse → softmax → paste → fold chain, normalisation, and one readback.
+//! The whole layer on the GPU: the buffers of a call, the index tables, and the chain of stages
+//! ([`crate::chain`]) recorded as dispatches, submitted one query tile at a time, and read back
+//! once.
 
-use std::ops::Range;
-
+use crate::chain::{self, inspected_in, Input, Stages, TileAt};
 use crate::error::{Error, Result};
 use crate::geometry::{FusePass, Geometry};
 use crate::gpu::context::Gpu;
-use crate::gpu::kernels::{
-    u32_of, DownscaleParams, FoldParams, FuseParams, GemmParams, Kernel, Kernels, PatchParams, Recorder, RowsParams,
-    SoftmaxParams,
+use crate::gpu::kernel::{Kernels, Recorder};
+use crate::gpu::stages::{
+    attention_rows, downscale, fold, fuse, gemm, mask_validity, matching_patches, normalize, query_patches,
+    raw_patches, softmax, STORAGE,
 };
-use crate::layer::Output;
-use crate::params::{FuseMode, Masking, Overlap, Params};
+use crate::output::Output;
+use crate::params::Params;
 use crate::plan::{Plan, Tile};
 use crate::tensor::Tensor;
-
-/// Usage of every working buffer.
-pub(crate) const STORAGE: wgpu::BufferUsages =
-    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_DST).union(wgpu::BufferUsages::COPY_SRC);
 
 /// Creates a storage buffer of `len` 4-byte elements after checking it against the device limits.
 pub(crate) fn storage(gpu: &Gpu, name: &'static str, len: usize) -> Result<wgpu::Buffer> {
@@ -73,12 +70,7 @@ impl IndexTable {
             .tiles
             .iter()
             .map(|t| {
-                let pairs: Vec<u32> = queries
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (i, _))| t.rows.contains(i))
-                    .flat_map(|(q, &(i, j))| [((i - t.rows.start) * g.wf + j) as u32, q as u32])
-                    .collect();
+                let pairs: Vec<u32> = inspected_in(t, g.wf, queries).into_iter().flat_map(|(a, b)| [a, b]).collect();
                 TileIndex {
                     raw_rows: push(&mut data, &as_u32(&t.raw_rows)),
                     raw_slots: push(&mut data, &Tile::slot_map(&t.raw_rows, g.hf)),
@@ -94,22 +86,24 @@ impl IndexTable {
     }
 }
 
-/// Every buffer of one call.
+/// Every buffer a call keeps between calls of the same sizes, named for what it holds.
 struct Buffers {
     f: wgpu::Buffer,
     b: wgpu::Buffer,
     mask: wgpu::Buffer,
-    fp: wgpu::Buffer,
-    bp: wgpu::Buffer,
-    mp: wgpu::Buffer,
-    pb: wgpu::Buffer,
-    norms: wgpu::Buffer,
-    mm: wgpu::Buffer,
-    raw: wgpu::Buffer,
-    pf: wgpu::Buffer,
-    scores: wgpu::Buffer,
-    pass1: wgpu::Buffer,
-    cols: wgpu::Buffer,
+    downscaled_f: wgpu::Buffer,
+    downscaled_b: wgpu::Buffer,
+    downscaled_mask: wgpu::Buffer,
+    matching_patches: wgpu::Buffer,
+    patch_norms: wgpu::Buffer,
+    validity: wgpu::Buffer,
+    raw_patches: wgpu::Buffer,
+    query_patches: wgpu::Buffer,
+    /// The raw scores of a tile's rows; after the fuse's second pass (or at once without fuse)
+    /// the tile's scores, which the softmax turns into its attention in place.
+    raw_scores: wgpu::Buffer,
+    first_fuse_pass: wgpu::Buffer,
+    pasted_columns: wgpu::Buffer,
     y: wgpu::Buffer,
     argmax: wgpu::Buffer,
     mass: wgpu::Buffer,
@@ -142,17 +136,17 @@ impl Buffers {
             f: storage(gpu, "f", y_len)?,
             b: storage(gpu, "b", g.batch * hb_full * wb_full * c)?,
             mask: storage(gpu, "mask", g.mask_batch.max(1) * hb_full * wb_full)?,
-            fp: storage(gpu, "downscaled f", g.queries() * c)?,
-            bp: storage(gpu, "downscaled b", g.hb * g.wb * c)?,
-            mp: storage(gpu, "downscaled mask", g.hb * g.wb)?,
-            pb: storage(gpu, "matching patches", l * g.match_len())?,
-            norms: storage(gpu, "patch norms", l)?,
-            mm: storage(gpu, "mask validity", l)?,
-            raw: storage(gpu, "raw patches", l * g.raw_len())?,
-            pf: storage(gpu, "query patches", max_raw * g.wf * g.match_len())?,
-            scores: storage(gpu, "raw scores", max_raw * g.wf * l)?,
-            pass1: storage(gpu, "first fuse pass", max_pass1 * g.wf * l)?,
-            cols: storage(gpu, "pasted columns", max_rows * g.wf * g.raw_len())?,
+            downscaled_f: storage(gpu, "downscaled f", g.queries() * c)?,
+            downscaled_b: storage(gpu, "downscaled b", g.hb * g.wb * c)?,
+            downscaled_mask: storage(gpu, "downscaled mask", g.hb * g.wb)?,
+            matching_patches: storage(gpu, "matching patches", l * g.match_len())?,
+            patch_norms: storage(gpu, "patch norms", l)?,
+            validity: storage(gpu, "mask validity", l)?,
+            raw_patches: storage(gpu, "raw patches", l * g.raw_len())?,
+            query_patches: storage(gpu, "query patches", max_raw * g.wf * g.match_len())?,
+            raw_scores: storage(gpu, "raw scores", max_raw * g.wf * l)?,
+            first_fuse_pass: storage(gpu, "first fuse pass", max_pass1 * g.wf * l)?,
+            pasted_columns: storage(gpu, "pasted columns", max_rows * g.wf * g.raw_len())?,
             y: storage(gpu, "y", y_len)?,
             argmax: storage(gpu, "argmax", nq)?,
             mass: storage(gpu, "attention mass", nq)?,
@@ -160,13 +154,120 @@ impl Buffers {
     }
 }
 
-/// The buffers one call records into: the kept workspace, and the call's own index tables and
-/// attention rows (with the number of inspected queries).
-struct Call<'a> {
+/// The chain recorded as dispatches: the kept buffers, the call's own index tables and
+/// attention rows, and the recorder.
+struct Recording<'a> {
+    rec: Recorder,
+    g: &'a Geometry,
+    params: &'a Params,
     bufs: &'a Buffers,
-    index: &'a wgpu::Buffer,
-    rows: &'a wgpu::Buffer,
+    index: &'a IndexTable,
+    index_buf: &'a wgpu::Buffer,
+    attention_rows: &'a wgpu::Buffer,
+    /// Number of inspected queries (destination rows per batch item).
     queries: usize,
+}
+
+impl Stages for Recording<'_> {
+    fn downscale(&mut self, input: Input, n: usize) -> Result<()> {
+        let (g, bufs, ix) = (self.g, self.bufs, self.index);
+        let (c, (hf_full, wf_full), (hb_full, wb_full)) = (g.channels, g.f_size, g.b_size);
+        let (p, src, dst) = match input {
+            Input::F => {
+                let p = downscale::params(n * hf_full * wf_full * c, wf_full, c, (ix.f_rows, ix.f_cols), (g.hf, g.wf))?;
+                (p, &bufs.f, &bufs.downscaled_f)
+            }
+            Input::B => {
+                let p = downscale::params(n * hb_full * wb_full * c, wb_full, c, (ix.b_rows, ix.b_cols), (g.hb, g.wb))?;
+                (p, &bufs.b, &bufs.downscaled_b)
+            }
+            Input::Mask => {
+                let p = downscale::params(n * hb_full * wb_full, wb_full, 1, (ix.b_rows, ix.b_cols), (g.hb, g.wb))?;
+                (p, &bufs.mask, &bufs.downscaled_mask)
+            }
+        };
+        downscale::record(&mut self.rec, &p, src, self.index_buf, dst)
+    }
+
+    fn matching_patches(&mut self) -> Result<()> {
+        let b = self.bufs;
+        let p = matching_patches::params(self.g)?;
+        matching_patches::record(&mut self.rec, &p, &b.downscaled_b, &b.matching_patches, &b.patch_norms)
+    }
+
+    fn mask_validity(&mut self) -> Result<()> {
+        let p = mask_validity::params(self.g)?;
+        mask_validity::record(&mut self.rec, &p, &self.bufs.downscaled_mask, &self.bufs.validity)
+    }
+
+    fn raw_patches(&mut self, n: usize) -> Result<()> {
+        let g = self.g;
+        let p = raw_patches::params(g, n * g.b_size.0 * g.b_size.1 * g.channels)?;
+        raw_patches::record(&mut self.rec, &p, &self.bufs.b, &self.bufs.raw_patches)
+    }
+
+    fn query_patches(&mut self, t: TileAt) -> Result<()> {
+        let p = query_patches::params(self.g, t.tile.raw_rows.len(), self.index.tiles[t.index].raw_rows)?;
+        query_patches::record(&mut self.rec, &p, &self.bufs.downscaled_f, self.index_buf, &self.bufs.query_patches)
+    }
+
+    fn scores(&mut self, t: TileAt) -> Result<()> {
+        let (g, b) = (self.g, self.bufs);
+        let p = gemm::params(t.tile.raw_rows.len() * g.wf, g.patches(), g.match_len(), true)?;
+        gemm::record(&mut self.rec, &gemm::SCORES, &p, &b.query_patches, &b.matching_patches, &b.raw_scores)
+    }
+
+    fn fuse(&mut self, t: TileAt, pass: FusePass) -> Result<()> {
+        let (g, b, ti) = (self.g, self.bufs, &self.index.tiles[t.index]);
+        // The second pass writes into the raw scores' buffer, free once the first pass has read it.
+        let (p, src, dst) = match pass {
+            FusePass::Rows => {
+                let p = fuse::params(g, pass, t.tile.pass1_rows.len(), ti.raw_slots, ti.pass1_rows)?;
+                (p, &b.raw_scores, &b.first_fuse_pass)
+            }
+            FusePass::Cols => {
+                let p = fuse::params(g, pass, t.tile.rows.len(), ti.pass1_slots, ti.rows)?;
+                (p, &b.first_fuse_pass, &b.raw_scores)
+            }
+        };
+        fuse::record(&mut self.rec, &p, src, self.index_buf, dst)
+    }
+
+    fn softmax(&mut self, t: TileAt, n: usize) -> Result<()> {
+        let (g, b, pr) = (self.g, self.bufs, self.params);
+        let rows = t.tile.rows.len() * g.wf;
+        let out_off = n * g.queries() + t.tile.rows.start * g.wf;
+        let p = softmax::params(rows, g.patches(), pr.softmax_scale, pr.masking, out_off)?;
+        softmax::record(&mut self.rec, &p, &b.raw_scores, &b.validity, &b.argmax, &b.mass)
+    }
+
+    fn attention_rows(&mut self, t: TileAt, n: usize) -> Result<()> {
+        let ti = &self.index.tiles[t.index];
+        // Destination rows are numbered per call; item n's start at n·Q.
+        let p = attention_rows::params(ti.pairs_len, self.g.patches(), ti.pairs, n * self.queries)?;
+        attention_rows::record(&mut self.rec, &p, &self.bufs.raw_scores, self.index_buf, self.attention_rows)
+    }
+
+    fn paste(&mut self, t: TileAt) -> Result<()> {
+        let (g, b) = (self.g, self.bufs);
+        let p = gemm::params(t.tile.rows.len() * g.wf, g.raw_len(), g.patches(), false)?;
+        gemm::record(&mut self.rec, &gemm::PASTE, &p, &b.raw_scores, &b.raw_patches, &b.pasted_columns)
+    }
+
+    fn fold(&mut self, t: TileAt, n: usize) -> Result<()> {
+        let p = fold::params(self.g, t.tile.rows.clone(), n)?;
+        fold::record(&mut self.rec, &p, &self.bufs.pasted_columns, &self.bufs.y)
+    }
+
+    fn end_tile(&mut self, _: TileAt, _: usize) -> Result<()> {
+        self.rec.split();
+        Ok(())
+    }
+
+    fn normalize(&mut self, n: usize) -> Result<()> {
+        let p = normalize::params(self.g, n, self.params.overlap)?;
+        normalize::record(&mut self.rec, &p, &self.bufs.y)
+    }
 }
 
 /// A submitted call whose results are not read back yet.
@@ -179,13 +280,6 @@ pub(crate) struct Pending {
     /// One submission per part of the call (tiles), the last one with the readback.
     submissions: Vec<wgpu::SubmissionIndex>,
     receiver: futures_intrusive::channel::shared::OneshotReceiver<std::result::Result<(), wgpu::BufferAsyncError>>,
-}
-
-/// Output rows touched by the paste of query rows `rows`.
-fn touched_rows(g: &Geometry, rows: &Range<usize>) -> Range<usize> {
-    let lo = (g.rate * rows.start).saturating_sub(g.paste_pad.0);
-    let hi = (g.rate * (rows.end - 1) + g.paste_kernel).saturating_sub(g.paste_pad.0).min(g.f_size.0);
-    lo..hi.max(lo)
 }
 
 /// Uploads, records and submits one call with its checked geometry and plan.
@@ -217,7 +311,7 @@ pub(crate) fn submit(
     queue.write_buffer(&bufs.b, 0, bytemuck::cast_slice(b.data()));
     match mask {
         Some(m) => queue.write_buffer(&bufs.mask, 0, bytemuck::cast_slice(m.data())),
-        None => queue.write_buffer(&bufs.mm, 0, bytemuck::cast_slice(&vec![1.0f32; g.patches()])),
+        None => queue.write_buffer(&bufs.validity, 0, bytemuck::cast_slice(&vec![1.0f32; g.patches()])),
     }
 
     // The index tables (their length depends on the inspected queries) and the attention rows
@@ -226,11 +320,18 @@ pub(crate) fn submit(
     queue.write_buffer(&index_buf, 0, bytemuck::cast_slice(&index.data));
     let rows_len = g.batch * queries.len() * g.patches();
     let rows = storage(gpu, "attention rows", rows_len)?;
-    let mut rec = Recorder::new(&gpu.device);
-    for n in 0..g.batch {
-        let call = Call { bufs, index: &index_buf, rows: &rows, queries: queries.len() };
-        record_item(&mut rec, &call, &index, params, &g, &plan, n, mask.is_some())?;
-    }
+    let mut recording = Recording {
+        rec: Recorder::new(&gpu.device),
+        g: &g,
+        params,
+        bufs,
+        index: &index,
+        index_buf: &index_buf,
+        attention_rows: &rows,
+        queries: queries.len(),
+    };
+    chain::run(&mut recording, &g, &plan, mask.is_some(), queries)?;
+    let rec = recording.rec;
 
     // GPU time of the pass from timestamp queries, where the device has them.
     let timestamps = gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY).then(|| {
@@ -285,258 +386,6 @@ pub(crate) fn submit(
     submissions.push(queue.submit([encoder.finish()]));
     let timestamp_at = timestamps.is_some().then_some(ts_at as usize);
     Ok(Pending { geometry: g, queries: queries.to_vec(), staging, submissions, receiver, timestamp_at })
-}
-
-// Parameter blocks of each stage, shared by the forward pass and the single-stage runners.
-
-pub(crate) fn downscale_params(
-    src_off: usize,
-    src_w: usize,
-    ch: usize,
-    rows: u32,
-    cols: u32,
-    h: usize,
-    w: usize,
-) -> Result<DownscaleParams> {
-    Ok(DownscaleParams {
-        count: u32_of("downscale", h * w * ch)?,
-        src_off: u32_of("downscale", src_off)?,
-        src_w: src_w as u32,
-        out_w: w as u32,
-        c: ch as u32,
-        rows_off: rows,
-        cols_off: cols,
-        dst_off: 0,
-    })
-}
-
-/// Matching patches (and, with `c = 1`, mask validity) on the downscaled b grid.
-pub(crate) fn matching_params(g: &Geometry, channels: usize) -> PatchParams {
-    PatchParams {
-        count: g.patches() as u32,
-        h: g.hb as u32,
-        w: g.wb as u32,
-        c: channels as u32,
-        k: g.ksize as u32,
-        step: g.stride as u32,
-        pad_y: g.match_pad.0 as u32,
-        pad_x: g.match_pad.1 as u32,
-        grid_w: g.pw as u32,
-        ..Default::default()
-    }
-}
-
-pub(crate) fn raw_params(g: &Geometry, src_off: usize) -> Result<PatchParams> {
-    Ok(PatchParams {
-        count: u32_of("raw patches", g.patches() * g.raw_len())?,
-        src_off: u32_of("raw patches", src_off)?,
-        h: g.b_size.0 as u32,
-        w: g.b_size.1 as u32,
-        c: g.channels as u32,
-        k: g.paste_kernel as u32,
-        step: (g.rate * g.stride) as u32,
-        pad_y: g.raw_pad.0 as u32,
-        pad_x: g.raw_pad.1 as u32,
-        grid_w: g.pw as u32,
-        index_off: 0,
-        dst_off: 0,
-    })
-}
-
-pub(crate) fn query_params(g: &Geometry, rows: usize, index_off: u32) -> Result<PatchParams> {
-    Ok(PatchParams {
-        count: u32_of("query patches", rows * g.wf * g.match_len())?,
-        h: g.hf as u32,
-        w: g.wf as u32,
-        c: g.channels as u32,
-        k: g.ksize as u32,
-        step: 1,
-        pad_y: g.query_pad.0 as u32,
-        pad_x: g.query_pad.1 as u32,
-        grid_w: g.wf as u32,
-        index_off,
-        ..Default::default()
-    })
-}
-
-/// `[m, k] · [n, k]ᵀ` (`trans_b`) or `[m, k] · [k, n]`, all contiguous.
-pub(crate) fn gemm_params(m: usize, n: usize, k: usize, trans_b: bool) -> Result<GemmParams> {
-    Ok(GemmParams {
-        m: u32_of("GEMM rows", m)?,
-        n: u32_of("GEMM columns", n)?,
-        k: u32_of("GEMM depth", k)?,
-        a_off: 0,
-        b_off: 0,
-        c_off: 0,
-        lda: k as u32,
-        ldb: if trans_b { k as u32 } else { n as u32 },
-        ldc: n as u32,
-    })
-}
-
-pub(crate) fn fuse_params(
-    g: &Geometry,
-    pass: FusePass,
-    out_rows: usize,
-    in_slots_off: u32,
-    out_rows_off: u32,
-) -> Result<FuseParams> {
-    let fuse = g.fuse.expect("fuse parameters without fuse");
-    Ok(FuseParams {
-        count: u32_of("fuse pass", out_rows * g.wf * g.patches())?,
-        mode: (fuse.mode == FuseMode::Spatial) as u32,
-        which: (pass == FusePass::Cols) as u32,
-        hf: g.hf as u32,
-        wf: g.wf as u32,
-        ph: g.ph as u32,
-        pw: g.pw as u32,
-        fk: fuse.k as u32,
-        p: fuse.p as u32,
-        in_slots_off,
-        out_rows_off,
-        _pad: 0,
-    })
-}
-
-pub(crate) fn softmax_params(
-    rows: usize,
-    l: usize,
-    scale: f32,
-    masking: Masking,
-    out_off: usize,
-) -> Result<SoftmaxParams> {
-    Ok(SoftmaxParams {
-        rows: u32_of("softmax rows", rows)?,
-        l: u32_of("patches", l)?,
-        scale,
-        masking: (masking == Masking::Exclude) as u32,
-        mm_off: 0,
-        out_off: u32_of("argmax", out_off)?,
-        _pad: [0; 2],
-    })
-}
-
-/// Fold of the query rows `rows` (output rows `touched_rows`), or with `rows = 0..0` the
-/// normalisation of the whole item.
-pub(crate) fn fold_params(g: &Geometry, rows: Range<usize>, item: usize, overlap: Overlap) -> Result<FoldParams> {
-    let (hf_full, wf_full) = g.f_size;
-    let c = g.channels;
-    let out_rows = if rows.is_empty() { 0..hf_full } else { touched_rows(g, &rows) };
-    Ok(FoldParams {
-        count: u32_of("y", out_rows.len() * wf_full * c)?,
-        y_off: u32_of("y", item * hf_full * wf_full * c)?,
-        row0: out_rows.start as u32,
-        out_w: wf_full as u32,
-        c: c as u32,
-        hf: g.hf as u32,
-        wf: g.wf as u32,
-        rate: g.rate as u32,
-        kernel: g.paste_kernel as u32,
-        pad_y: g.paste_pad.0 as u32,
-        pad_x: g.paste_pad.1 as u32,
-        r0: rows.start as u32,
-        r1: rows.end as u32,
-        overlap: (overlap == Overlap::Exact) as u32,
-        divisor: g.overlap_divisor(Overlap::Quarter, 0, 0),
-        _pad: 0,
-    })
-}
-
-pub(crate) fn rows_params(pairs: usize, l: usize, pairs_off: u32, first_row: usize) -> Result<RowsParams> {
-    Ok(RowsParams {
-        count: u32_of("attention rows", pairs * l)?,
-        l: l as u32,
-        pairs_off,
-        first_row: u32_of("attention rows", first_row)?,
-    })
-}
-
-/// Records the stages of batch item `n`.
-#[allow(clippy::too_many_arguments)]
-fn record_item(
-    rec: &mut Recorder,
-    call: &Call,
-    index: &IndexTable,
-    params: &Params,
-    g: &Geometry,
-    plan: &Plan,
-    n: usize,
-    has_mask: bool,
-) -> Result<()> {
-    let bufs = call.bufs;
-    let c = g.channels;
-    let (hf_full, wf_full) = g.f_size;
-    let (hb_full, wb_full) = g.b_size;
-    let l = g.patches() as u64;
-
-    let p = downscale_params(n * hf_full * wf_full * c, wf_full, c, index.f_rows, index.f_cols, g.hf, g.wf)?;
-    rec.linear(Kernel::Downscale, &p, &[(1, &bufs.f), (2, call.index), (3, &bufs.fp)], p.count as u64)?;
-    let p = downscale_params(n * hb_full * wb_full * c, wb_full, c, index.b_rows, index.b_cols, g.hb, g.wb)?;
-    rec.linear(Kernel::Downscale, &p, &[(1, &bufs.b), (2, call.index), (3, &bufs.bp)], p.count as u64)?;
-
-    rec.linear(Kernel::MatchingPatches, &matching_params(g, c), &[(1, &bufs.bp), (2, &bufs.pb), (3, &bufs.norms)], l)?;
-    if has_mask && (g.mask_batch > 1 || n == 0) {
-        let m = if g.mask_batch > 1 { n } else { 0 };
-        let p = downscale_params(m * hb_full * wb_full, wb_full, 1, index.b_rows, index.b_cols, g.hb, g.wb)?;
-        rec.linear(Kernel::Downscale, &p, &[(1, &bufs.mask), (2, call.index), (3, &bufs.mp)], p.count as u64)?;
-        rec.linear(Kernel::MaskValidity, &matching_params(g, 1), &[(1, &bufs.mp), (2, &bufs.mm)], l)?;
-    }
-    let p = raw_params(g, n * hb_full * wb_full * c)?;
-    rec.linear(Kernel::RawPatches, &p, &[(1, &bufs.b), (2, &bufs.raw)], p.count as u64)?;
-
-    for (tile, ti) in plan.tiles.iter().zip(&index.tiles) {
-        record_tile(rec, call, params, g, tile, ti, n)?;
-    }
-
-    let p = fold_params(g, 0..0, n, params.overlap)?;
-    rec.linear(Kernel::Normalize, &p, &[(2, &bufs.y)], p.count as u64)
-}
-
-/// Records one query tile: query patches, scores, fuse, softmax, paste GEMM, fold.
-fn record_tile(
-    rec: &mut Recorder,
-    call: &Call,
-    params: &Params,
-    g: &Geometry,
-    tile: &Tile,
-    ti: &TileIndex,
-    n: usize,
-) -> Result<()> {
-    let bufs = call.bufs;
-    let (l, wf) = (g.patches(), g.wf);
-    let p = query_params(g, tile.raw_rows.len(), ti.raw_rows)?;
-    rec.linear(Kernel::QueryPatches, &p, &[(1, &bufs.fp), (2, &bufs.pf), (4, call.index)], p.count as u64)?;
-    let p = gemm_params(tile.raw_rows.len() * wf, l, g.match_len(), true)?;
-    rec.gemm(Kernel::ScoresGemm, &p, &[(1, &bufs.pf), (2, &bufs.pb), (3, &bufs.scores)])?;
-
-    // The second fuse pass writes into the raw scores' buffer, free once the first pass has
-    // read it; the softmax then turns those rows into attention in place.
-    let attention = &bufs.scores;
-    if g.fuse.is_some() {
-        let p = fuse_params(g, FusePass::Rows, tile.pass1_rows.len(), ti.raw_slots, ti.pass1_rows)?;
-        rec.linear(Kernel::Fuse, &p, &[(1, &bufs.scores), (2, call.index), (3, &bufs.pass1)], p.count as u64)?;
-        let p = fuse_params(g, FusePass::Cols, tile.rows.len(), ti.pass1_slots, ti.rows)?;
-        rec.linear(Kernel::Fuse, &p, &[(1, &bufs.pass1), (2, call.index), (3, attention)], p.count as u64)?;
-    }
-
-    let rows_m = tile.rows.len() * wf;
-    let p = softmax_params(rows_m, l, params.softmax_scale, params.masking, n * g.queries() + tile.rows.start * wf)?;
-    let groups = rec.fold_groups(Kernel::Softmax, rows_m as u64)?;
-    rec.dispatch(Kernel::Softmax, &p, &[(1, attention), (2, &bufs.mm), (3, &bufs.argmax), (4, &bufs.mass)], groups);
-
-    if ti.pairs_len > 0 {
-        // Destination rows are numbered per call; item n's start at n·Q.
-        let p = rows_params(ti.pairs_len, l, ti.pairs, n * call.queries)?;
-        rec.linear(Kernel::CopyRows, &p, &[(1, attention), (2, call.index), (3, call.rows)], p.count as u64)?;
-    }
-
-    let p = gemm_params(rows_m, g.raw_len(), l, false)?;
-    rec.gemm(Kernel::PasteGemm, &p, &[(1, attention), (2, &bufs.raw), (3, &bufs.cols)])?;
-
-    let p = fold_params(g, tile.rows.clone(), n, params.overlap)?;
-    rec.linear(Kernel::Fold, &p, &[(1, &bufs.cols), (2, &bufs.y)], p.count as u64)?;
-    rec.split();
-    Ok(())
 }
 
 impl Pending {

@@ -1,8 +1,10 @@
-//! The GPU path: context, pipelines, the forward pass and single-stage runners.
+//! The GPU path: the device context, the kernel contract and recorder, one module per stage,
+//! and the forward pass that records the chain.
 
 pub mod context;
 pub(crate) mod forward;
-pub(crate) mod kernels;
+pub mod kernel;
 pub mod stages;
 
-pub use kernels::SHADERS;
+pub use kernel::{Access, KernelInfo, COMMON_WGSL};
+pub use stages::KERNELS;

@@ -1,6 +1,6 @@
-// Copies the attention rows of chosen queries out of a tile's attention buffer (SPEC §E,
-// "outputs": attention rows for inspection). `index` holds (source row in the tile,
-// destination row) pairs.
+// Copies the attention rows of chosen queries out of a tile's attention (SPEC §E, "outputs":
+// attention rows for inspection). `index` holds (row in the tile's attention, destination
+// row) pairs. One invocation per copied element.
 
 struct Params {
     count: u32,     // pairs · L
@@ -9,19 +9,21 @@ struct Params {
     first_row: u32, // destination rows of this batch item start here
 }
 
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read> index: array<u32>;
-@group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+const WG: u32 = 256u;
 
-@compute @workgroup_size(256)
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> attention: array<f32>;
+@group(0) @binding(2) var<storage, read> index: array<u32>;
+@group(0) @binding(3) var<storage, read_write> attention_rows: array<f32>;
+
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
-    let idx = (wg.y * nwg.x + wg.x) * 256u + li;
+    let idx = flat_index(wg, nwg, li, WG);
     if (idx >= P.count) { return; }
     let k = idx / P.l;
     let t = idx % P.l;
     let src_row = index[P.pairs_off + 2u * k];
     let dst_row = index[P.pairs_off + 2u * k + 1u];
-    dst[(P.first_row + dst_row) * P.l + t] = src[src_row * P.l + t];
+    attention_rows[(P.first_row + dst_row) * P.l + t] = attention[src_row * P.l + t];
 }
