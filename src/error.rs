@@ -92,7 +92,7 @@ pub enum Error {
 
     /// The adapter refused to create a device.
     #[error("could not create a GPU device: {0}")]
-    RequestDevice(String),
+    RequestDevice(#[source] wgpu::RequestDeviceError),
 
     /// The GPU reported an error (validation, out of memory, device lost, a readback that failed).
     #[error("GPU error: {0}")]
@@ -115,15 +115,20 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong.
         reason: String,
+        /// The error of the `.npy` reader underneath, where there was one.
+        #[source]
+        source: Option<std::io::Error>,
     },
 
     /// An image could not be decoded or encoded.
-    #[error("{path}: {reason}")]
+    #[cfg(feature = "io")]
+    #[error("{path}: {source}")]
     Image {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
-        reason: String,
+        /// The image codec's error.
+        #[source]
+        source: image::ImageError,
     },
 }
 

@@ -33,6 +33,7 @@ pub mod fill;
 pub mod flow;
 pub mod geometry;
 pub mod gpu;
+#[cfg(feature = "io")]
 pub mod io;
 mod layer;
 pub mod output;

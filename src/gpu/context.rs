@@ -108,7 +108,7 @@ impl Gpu {
                 trace: wgpu::Trace::Off,
             })
             .await
-            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+            .map_err(Error::RequestDevice)?;
         // The device is ours: errors outside the layer's own error scopes (which wgpu would
         // otherwise answer with a panic) and the loss of the device are recorded and reported
         // by the next call.

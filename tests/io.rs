@@ -1,4 +1,5 @@
-//! `.npy` reading and writing, atomic writes and PNG helpers.
+//! File input and output (`contextual_attention::io`): `.npy` reading and writing, atomic
+//! writes and PNG helpers.
 
 use std::path::{Path, PathBuf};
 
@@ -123,25 +124,50 @@ fn f8_u1_and_i8_are_converted() {
 }
 
 #[test]
-fn big_endian_is_rejected_with_a_clear_message() {
+fn big_endian_is_read_and_converted() {
     let dir = scratch("big-endian");
     let path = dir.join("be.npy");
-    let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_be_bytes()).collect();
+    let data: Vec<u8> = [1.0f32, -2.5].iter().flat_map(|v| v.to_be_bytes()).collect();
     std::fs::write(&path, build_npy(1, "{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", &data)).unwrap();
-    let reason = npy_reason(read_npy(&path).unwrap_err());
-    assert!(reason.contains("expected a little-endian float32 array in C order"), "{reason}");
-    assert!(reason.contains("big-endian") && reason.contains(">f4"), "{reason}");
+    assert_eq!(read_npy(&path).unwrap().data, NpyData::F32(vec![1.0, -2.5]));
+
+    let data: Vec<u8> = [0.125f64, 3e10].iter().flat_map(|v| v.to_be_bytes()).collect();
+    std::fs::write(&path, build_npy(1, "{'descr': '>f8', 'fortran_order': False, 'shape': (2,), }", &data)).unwrap();
+    assert_eq!(read_npy(&path).unwrap().data, NpyData::F32(vec![0.125, 3e10]));
+
+    let data: Vec<u8> = [-7i32, 1 << 20].iter().flat_map(|v| v.to_be_bytes()).collect();
+    std::fs::write(&path, build_npy(1, "{'descr': '>i4', 'fortran_order': False, 'shape': (2,), }", &data)).unwrap();
+    assert_eq!(read_npy(&path).unwrap().data, NpyData::I32(vec![-7, 1 << 20]));
 }
 
 #[test]
-fn fortran_order_is_rejected_with_a_clear_message() {
+fn fortran_order_is_reordered_to_c_order() {
     let dir = scratch("fortran");
     let path = dir.join("f.npy");
-    let data: Vec<u8> = [0f32; 6].iter().flat_map(|v| v.to_le_bytes()).collect();
+    // The 2x3 array [[0, 1, 2], [3, 4, 5]] stored column by column.
+    let column_major = [0f32, 3.0, 1.0, 4.0, 2.0, 5.0];
+    let data: Vec<u8> = column_major.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(&path, build_npy(1, "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", &data)).unwrap();
-    let reason = npy_reason(read_npy(&path).unwrap_err());
-    assert!(reason.contains("expected a little-endian float32 array in C order"), "{reason}");
-    assert!(reason.contains("Fortran"), "{reason}");
+    let a = read_npy(&path).unwrap();
+    assert_eq!(a.shape, vec![2, 3]);
+    assert_eq!(a.data, NpyData::F32(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]));
+
+    // Rank 3, shape (2, 3, 2): element [i, j, k] = 100 i + 10 j + k, Fortran order (i fastest).
+    let mut column_major = Vec::new();
+    for k in 0..2 {
+        for j in 0..3 {
+            for i in 0..2 {
+                column_major.push(100 * i + 10 * j + k);
+            }
+        }
+    }
+    let data: Vec<u8> = column_major.iter().flat_map(|v: &i32| v.to_le_bytes()).collect();
+    std::fs::write(&path, build_npy(1, "{'descr': '<i4', 'fortran_order': True, 'shape': (2, 3, 2), }", &data))
+        .unwrap();
+    let a = read_npy(&path).unwrap();
+    let c_order: Vec<i32> =
+        (0..2).flat_map(|i| (0..3).flat_map(move |j| (0..2).map(move |k| 100 * i + 10 * j + k))).collect();
+    assert_eq!(a.data, NpyData::I32(c_order));
 }
 
 #[test]
@@ -151,6 +177,7 @@ fn unsupported_dtype_and_garbage_are_errors() {
     std::fs::write(&path, build_npy(1, "{'descr': '<c8', 'fortran_order': False, 'shape': (1,), }", &[0; 8])).unwrap();
     let reason = npy_reason(read_npy(&path).unwrap_err());
     assert!(reason.contains("<c8"), "{reason}");
+    assert!(reason.contains("readable dtypes are"), "{reason}");
 
     std::fs::write(&path, b"PK\x03\x04 definitely not numpy").unwrap();
     let reason = npy_reason(read_npy(&path).unwrap_err());
@@ -294,4 +321,19 @@ fn png_round_trip_rgb_and_gray() {
     let mut names = listing(&dir);
     names.sort();
     assert_eq!(names, vec!["gray.png", "raw.png", "rgb.png"]);
+}
+
+#[cfg(unix)]
+#[test]
+fn written_files_get_ordinary_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("permissions");
+    // What a plain create gives under this process's umask.
+    let plain = dir.join("plain");
+    std::fs::write(&plain, b"x").unwrap();
+    let expected = std::fs::metadata(&plain).unwrap().permissions().mode() & 0o777;
+    let path = dir.join("y.npy");
+    write_npy_f32(&path, &[1], &[1.0]).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, expected);
+    assert_eq!(listing(&dir), vec!["plain", "y.npy"]);
 }
