@@ -13,7 +13,7 @@ set -uo pipefail
 if [ "${1:-}" = "--stage" ]; then
     rm -rf .gpu && mkdir -p .gpu
     cp target/release/contextual-attention .gpu/
-    for t in golden layer stages extended; do
+    for t in golden layer stages extended tiling api; do
         f=$(ls -t target/release/deps/$t-* 2>/dev/null | grep -v '\.d$' | head -1)
         [ -n "$f" ] && cp "$f" ".gpu/test-$t"
     done

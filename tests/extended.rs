@@ -3,12 +3,9 @@
 
 mod common;
 
-use contextual_attention::{ContextualAttention, FuseMode, Masking, Overlap, Params, Tensor};
+use common::assert_tensors_close;
 
-fn close(what: &str, got: &Tensor, want: &Tensor, rtol: f64) {
-    let scale = want.data().iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
-    common::assert_close(what, got.data(), &common::to_f64(want.data()), rtol * scale.max(1e-30), 0.0);
-}
+use contextual_attention::{ContextualAttention, FuseMode, Masking, Overlap, Params, Tensor};
 
 #[test]
 fn per_sample_masks_equal_running_each_item_alone() {
@@ -34,7 +31,7 @@ fn per_sample_masks_equal_running_each_item_alone() {
         }
         // and the twin agrees
         let twin = ContextualAttention::cpu(params).unwrap().forward(&f, &b, Some(&masks)).unwrap();
-        close("per-sample masks, GPU vs twin", &both.y, &twin.y, 1e-5);
+        assert_tensors_close("per-sample masks, GPU vs twin", &both.y, &twin.y, 1e-5);
         assert_eq!(both.argmax, twin.argmax);
     }
 }
@@ -144,128 +141,10 @@ fn every_option_is_tiling_invariant_on_the_gpu() {
         let whole = layer.forward_with_tile_rows(6, &x, &x, Some(&hole)).unwrap();
         for rows in [1, 2, 4] {
             let tiled = layer.forward_with_tile_rows(rows, &x, &x, Some(&hole)).unwrap();
-            close(&format!("{name}, {rows}-row tiles vs one tile"), &tiled.y, &whole.y, 1e-6);
+            assert_tensors_close(&format!("{name}, {rows}-row tiles vs one tile"), &tiled.y, &whole.y, 1e-6);
             assert_eq!(tiled.argmax, whole.argmax, "{name}: argmax with {rows}-row tiles");
         }
         let twin = ContextualAttention::cpu(params).unwrap().forward(&x, &x, Some(&hole)).unwrap();
-        close(&format!("{name}, GPU vs twin"), &whole.y, &twin.y, 1e-5);
-    }
-}
-
-#[test]
-fn layer_runs_on_a_device_the_caller_owns() {
-    let _ = gpu_or_skip!(); // an adapter exists
-                            // A device made by the caller (as a renderer or an ML framework would), then shared.
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::from_env()
-            .unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12),
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).unwrap();
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
-    let gpu = contextual_attention::Gpu::from_device(device.clone(), queue, adapter.get_info());
-    let mut rng = common::Rng::new("own device");
-    let x = rng.tensor([1, 12, 12, 3], -1.0, 1.0);
-    let params = Params { rate: 2, ..Default::default() };
-    let out = ContextualAttention::new(&gpu, params.clone()).unwrap().forward(&x, &x, None).unwrap();
-    let twin = ContextualAttention::cpu(params).unwrap().forward(&x, &x, None).unwrap();
-    close("caller's device vs twin", &out.y, &twin.y, 1e-5);
-    // The caller's device still works for its own work afterwards.
-    let buf = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: 16,
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    });
-    assert_eq!(buf.size(), 16);
-}
-
-#[test]
-fn the_default_budget_is_a_target_and_an_explicit_one_a_limit() {
-    // 1080p model features (270×480×96 at rate 2): 32,400 queries and patches, a 4 GB score
-    // matrix, in one-row tiles within the default 256 MiB.
-    let shape = [1, 270, 480, 96];
-    let mask = Some([1, 270, 480, 1]);
-    let model = Params { rate: 2, ..Default::default() };
-    let plan = ContextualAttention::cpu(model.clone()).unwrap().plan(shape, shape, mask).unwrap();
-    let full = 32_400u64 * 32_400 * 4;
-    eprintln!(
-        "1080p default plan: {} tiles of {} rows, {} MiB per tile (whole matrix {} MiB)",
-        plan.tiles.len(),
-        plan.rows_per_tile,
-        plan.tile_bytes >> 20,
-        full >> 20
-    );
-    assert!(plan.tile_bytes <= 256 << 20 && plan.tiles.len() == 135);
-    // 2560×1600 (400×640×96): one-row tiles need more than 256 MiB. The default budget is a
-    // target and uses them anyway; the same budget given explicitly is a limit.
-    let (shape, mask) = ([1, 400, 640, 96], Some([1, 400, 640, 1]));
-    let plan = ContextualAttention::cpu(model.clone()).unwrap().plan(shape, shape, mask).unwrap();
-    eprintln!(
-        "2560x1600 default plan: {} tiles of {} rows, {} MiB per tile",
-        plan.tiles.len(),
-        plan.rows_per_tile,
-        plan.tile_bytes >> 20
-    );
-    assert!(plan.rows_per_tile == 1 && plan.tile_bytes > 256 << 20);
-    let strict = ContextualAttention::cpu(Params { memory_budget: Some(256 << 20), ..model.clone() }).unwrap();
-    match strict.plan(shape, shape, mask) {
-        Err(err @ contextual_attention::Error::MemoryBudget { .. }) => {
-            assert!(err.to_string().contains("raise the memory budget"), "{err}")
-        }
-        other => panic!("an explicit 256 MiB budget must be refused, got {:?}", other.map(|p| p.tiles.len())),
-    }
-    // With room, tiles grow.
-    let roomy = ContextualAttention::cpu(Params { memory_budget: Some(4 << 30), ..model }).unwrap();
-    assert!(roomy.plan(shape, shape, mask).unwrap().rows_per_tile > 1);
-}
-
-#[test]
-fn the_compute_pass_is_timed_where_the_device_has_timestamps() {
-    let gpu = gpu_or_skip!();
-    let mut rng = common::Rng::new("timestamps");
-    let x = rng.tensor([1, 16, 16, 4], -1.0, 1.0);
-    let layer = ContextualAttention::new(gpu, Params { rate: 2, ..Default::default() }).unwrap();
-    let start = std::time::Instant::now();
-    let out = layer.forward(&x, &x, None).unwrap();
-    let wall_ms = start.elapsed().as_secs_f64() * 1e3;
-    if gpu.device().features().contains(wgpu::Features::TIMESTAMP_QUERY) {
-        let t = out.gpu_time_ms.expect("a device with timestamps reports the pass time");
-        eprintln!("pass {t:.3} ms of {wall_ms:.3} ms wall");
-        assert!(t > 0.0 && t <= wall_ms, "pass time {t} ms must lie in (0, {wall_ms}] ms");
-    } else {
-        assert_eq!(out.gpu_time_ms, None);
-    }
-    let cpu =
-        ContextualAttention::cpu(Params { rate: 2, ..Default::default() }).unwrap().forward(&x, &x, None).unwrap();
-    assert_eq!(cpu.gpu_time_ms, None);
-}
-
-#[test]
-fn progress_is_reported_per_tile_and_changes_nothing() {
-    let gpu = gpu_or_skip!();
-    let mut rng = common::Rng::new("progress");
-    let x = rng.tensor([2, 16, 16, 3], -1.0, 1.0);
-    let hole = rng.hole(1, 16, 16);
-    let params = Params { rate: 2, ..Default::default() };
-    let whole = ContextualAttention::new(gpu, params.clone())
-        .unwrap()
-        .plan(x.shape(), x.shape(), Some(hole.shape()))
-        .unwrap()
-        .tile_bytes;
-    for backend in [contextual_attention::Backend::Gpu(gpu.clone()), contextual_attention::Backend::Cpu] {
-        let tiled =
-            ContextualAttention::with_backend(backend, Params { memory_budget: Some(whole * 2 / 3), ..params.clone() })
-                .unwrap();
-        let tiles = tiled.plan(x.shape(), x.shape(), Some(hole.shape())).unwrap().tiles.len();
-        assert!(tiles >= 2);
-        let mut seen = Vec::new();
-        let out =
-            tiled.forward_with_progress(&x, &x, Some(&hole), &mut |done, total| seen.push((done, total))).unwrap();
-        let total = seen.last().expect("progress was reported").1;
-        assert!(total >= 2 * tiles, "{} reports {total} steps for 2 items of {tiles} tiles", tiled.describe_backend());
-        assert_eq!(seen, (1..=total).map(|d| (d, total)).collect::<Vec<_>>(), "progress counts up by one to the total");
-        let plain = tiled.forward(&x, &x, Some(&hole)).unwrap();
-        assert!(out.y == plain.y && out.argmax == plain.argmax && out.mass == plain.mass, "progress changes nothing");
+        assert_tensors_close(&format!("{name}, GPU vs twin"), &whole.y, &twin.y, 1e-5);
     }
 }

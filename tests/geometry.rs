@@ -10,7 +10,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::Rng;
+use common::spec::coverage;
+use common::{assert_close, to_f64, Rng};
 use contextual_attention::geometry::{nn_indices, same_padding, FusePass};
 use contextual_attention::plan::{Plan, Tile};
 use contextual_attention::reference;
@@ -115,17 +116,6 @@ fn box_filter(s: &[f64], f: (usize, usize), b: (usize, usize), fk: usize) -> Vec
 fn fraction_differing(a: &[f64], b: &[f64]) -> f64 {
     let n = a.iter().zip(b).filter(|(x, y)| (*x - *y).abs() > 1e-9 * (1.0 + x.abs())).count();
     n as f64 / a.len() as f64
-}
-
-fn assert_close64(what: &str, got: &[f64], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}: element {i}: got {g}, want {w}");
-    }
-}
-
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -286,7 +276,7 @@ fn fuse_matches_closed_form_on_non_square_grids() {
             let s: Vec<f64> = rng.vec(g.queries() * g.patches(), -1.0, 1.0).into_iter().map(f64::from).collect();
             let got = twin_fuse(&g, &s, FusePass::Rows, FusePass::Cols);
             let want = closed_form_fuse(&s, f, b, fk);
-            assert_close64(&format!("wrap fuse, f {f:?}, b {b:?}, fk {fk}"), &got, &want, 1e-12);
+            assert_close(&format!("wrap fuse, f {f:?}, b {b:?}, fk {fk}"), &got, &want, 1e-12, 1e-12);
         }
     }
 }
@@ -319,10 +309,11 @@ fn fuse_pass_order_and_spatial_mode() {
     for fk in [2, 3, 5] {
         let gs = fuse_geometry(f.0, f.1, b.0, b.1, fk, FuseMode::Spatial);
         let spatial = twin_fuse(&gs, &s, FusePass::Rows, FusePass::Cols);
-        assert_close64(
+        assert_close(
             &format!("spatial fuse = zero-padded 2-D diagonal box filter, fk {fk}"),
             &spatial,
             &box_filter(&s, f, b, fk),
+            1e-12,
             1e-12,
         );
     }
@@ -516,21 +507,30 @@ fn whole_mask_gives_exactly_zero() {
 // ---------------------------------------------------------------------------------------------
 // 7. Paste overlap (SPEC §2.11, §9.7)
 
-/// Coverage per output row from the table of SPEC §2.11 (interior 2, under-covered rows 1).
-fn spec_coverage(n: usize, rate: usize, p: usize) -> f64 {
-    let under: &[isize] = match rate {
-        1 => &[0],
-        2 => &[0, -1],
-        3 => &[0, 1, -1],
-        4 => &[0, 1, -2, -1],
-        _ => unreachable!(),
-    };
-    let hit = under.iter().any(|&u| if u >= 0 { p == u as usize } else { p as isize == n as isize + u });
-    if hit {
-        1.0
-    } else {
-        2.0
+/// The paste's coverage of output row (or column) `p` of `n` at the original paste kernel 2·rate
+/// (SPEC §2.11's formula, `common::spec::coverage`).
+fn cov(n: usize, rate: usize, p: usize) -> f64 {
+    coverage(n, rate, 2 * rate)[p] as f64
+}
+
+#[test]
+fn paste_coverage_follows_the_spec_table() {
+    // SPEC §2.11's table at K = 2r: every row is covered twice except these, covered once
+    // (negative: counted from the end).
+    for (rate, under) in [(1, &[0isize][..]), (2, &[0, -1]), (3, &[0, 1, -1]), (4, &[0, 1, -2, -1])] {
+        for n in (rate * 2..=rate * 9).step_by(rate) {
+            let want: Vec<usize> = (0..n as isize)
+                .map(|p| if under.iter().any(|&u| if u >= 0 { p == u } else { p == n as isize + u }) { 1 } else { 2 })
+                .collect();
+            assert_eq!(coverage(n, rate, 2 * rate), want, "rate {rate}, {n} rows");
+        }
     }
+    assert_eq!(coverage(8, 2, 4), vec![1, 2, 2, 2, 2, 2, 2, 1]);
+    assert_eq!(coverage(6, 1, 2), vec![1, 2, 2, 2, 2, 2]); // rate 1: first row only
+    assert_eq!(coverage(12, 3, 6), vec![1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1]); // rate 3: two top, one bottom
+    assert_eq!(coverage(12, 4, 8), vec![1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1]);
+    // The seed's uneven pattern for K = 4, r = 3 on 6 columns: 1 1 1 2 1 1.
+    assert_eq!(coverage(6, 3, 4), vec![1, 1, 1, 2, 1, 1]);
 }
 
 #[test]
@@ -542,7 +542,7 @@ fn constant_image_border_darkening() {
         let out = ContextualAttention::cpu(params).unwrap().forward(&x, &x, None).unwrap();
         for py in 0..h {
             for px in 0..w {
-                let want = c as f64 * spec_coverage(h, rate, py) * spec_coverage(w, rate, px) / 4.0;
+                let want = c as f64 * cov(h, rate, py) * cov(w, rate, px) / 4.0;
                 for ch in 0..4 {
                     let got = out.y.at(0, py, px, ch) as f64;
                     assert!(
@@ -651,9 +651,7 @@ fn identity_experiment_with_exact_overlap() {
                 for px in 0..w {
                     let factor = match overlap {
                         contextual_attention::Overlap::Exact => 1.0,
-                        contextual_attention::Overlap::Quarter => {
-                            spec_coverage(h, rate, py) * spec_coverage(w, rate, px) / 4.0
-                        }
+                        contextual_attention::Overlap::Quarter => cov(h, rate, py) * cov(w, rate, px) / 4.0,
                     };
                     for ch in 0..3 {
                         let (got, want) = (out.y.at(0, py, px, ch) as f64, x.at(0, py, px, ch) as f64 * factor);
@@ -736,8 +734,8 @@ fn offsets_decode_with_the_patch_grid_width() {
 
 /// The attention rows of batch item 0 built from the twin's stage functions, in one tile.
 fn twin_attention(params: &Params, g: &Geometry, f: &Tensor, b: &Tensor) -> (Vec<f64>, Vec<u32>, Vec<f64>) {
-    let fd = f64s(f.item(0).data());
-    let bd = f64s(b.item(0).data());
+    let fd = to_f64(f.item(0).data());
+    let bd = to_f64(b.item(0).data());
     let fp = reference::downscale(&fd, g.f_size.1, g.channels, &g.f_rows, &g.f_cols);
     let bp = reference::downscale(&bd, g.b_size.1, g.channels, &g.b_rows, &g.b_cols);
     let (pb, _) = reference::matching_patches(&bp, g);

@@ -390,12 +390,16 @@ pub(crate) fn submit(
 
 impl Pending {
     /// Blocks until the results are mapped, then reads them; `progress(done, total)` is told
-    /// after each submitted part has finished.
+    /// as each query tile's submission finishes. Every tile ends a submission, and one more
+    /// carries the tail (the last normalisation and the readback copies), which is not a tile
+    /// and so is not counted: both backends count the same steps.
     pub(crate) fn wait(self, gpu: &Gpu, progress: &mut dyn FnMut(usize, usize)) -> Result<Output> {
-        let total = self.submissions.len();
+        let tiles = self.submissions.len() - 1;
         for (k, s) in self.submissions.iter().enumerate() {
             gpu.wait(s.clone())?;
-            progress(k + 1, total);
+            if k < tiles {
+                progress(k + 1, tiles);
+            }
         }
         let mapped = pollster::block_on(self.receiver.receive());
         self.read(gpu, mapped)

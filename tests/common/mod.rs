@@ -1,10 +1,14 @@
-//! Shared test support: one GPU context per test binary, random inputs, comparisons that name
-//! the worst element, the goldens' input pattern.
+//! Shared test support: one GPU context per test binary, random inputs and masks, comparisons
+//! that name the worst element, the goldens' input pattern; `spec` re-derives the layer from
+//! SPEC's formulas, independently of the library.
 #![allow(dead_code)]
+
+pub mod compare;
+pub mod spec;
 
 use std::sync::OnceLock;
 
-use contextual_attention::{Gpu, Tensor};
+use contextual_attention::{reference, Geometry, Gpu, Params, Tensor};
 
 /// The GPU context shared by the tests of one binary. Fails (never silently passes) when no
 /// adapter exists, unless `CA_SKIP_GPU_TESTS=1`, in which case it says so and returns `None`.
@@ -89,14 +93,20 @@ pub fn pattern(shape: [usize; 4]) -> Tensor {
     Tensor::from_fn(shape, |n, y, x, c| ((((7 * y + 3 * x + 5 * c + 11 * n) % 13) as i64 - 6) as f32) * 0.125)
 }
 
-/// Asserts `|got − want| ≤ atol + rtol·|want|` everywhere; on failure names the worst element,
-/// the max and the mean |Δ|. NaN in `got` always fails.
-pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
+/// Asserts `|got − want| ≤ atol + rtol·|want|` everywhere (`got` in f32 or f64); on failure
+/// names the worst element, the max and the mean |Δ|. NaN in `got` always fails.
+pub fn assert_close<G: Copy + Into<f64> + std::fmt::Display>(
+    what: &str,
+    got: &[G],
+    want: &[f64],
+    atol: f64,
+    rtol: f64,
+) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ ({} vs {})", got.len(), want.len());
     let mut worst = (0usize, f64::NEG_INFINITY, 0.0f64); // index, excess over tolerance, |Δ|
     let (mut max_d, mut sum_d, mut bad) = (0.0f64, 0.0f64, 0usize);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let d = (g as f64 - w).abs();
+        let d = (g.into() - w).abs();
         let d = if d.is_nan() { f64::INFINITY } else { d };
         let excess = d - (atol + rtol * w.abs());
         if excess > 0.0 {
@@ -124,4 +134,84 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
 
 pub fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
+}
+
+/// Asserts two tensors agree within `rtol` of the largest |want| (absolute, everywhere).
+pub fn assert_tensors_close(what: &str, got: &Tensor, want: &Tensor, rtol: f64) {
+    let scale = want.data().iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+    assert_close(what, got.data(), &to_f64(want.data()), rtol * scale.max(1e-30), 0.0);
+}
+
+/// The smallest fraction, over the mask's items, of b's patches that the mask leaves usable
+/// (SPEC §2.7), with the library's index maps: used only to choose test inputs.
+pub fn valid_fraction(p: &Params, b_shape: [usize; 4], mask: &Tensor) -> f64 {
+    let g = Geometry::new(p, b_shape, b_shape, Some(mask.shape())).unwrap();
+    (0..mask.shape()[0])
+        .map(|n| {
+            let m: Vec<f64> = mask.item(n).data().iter().map(|&v| v as f64).collect();
+            let mp = reference::downscale(&m, g.b_size.1, 1, &g.b_rows, &g.b_cols);
+            let mm = reference::mask_validity(&mp, &g);
+            mm.iter().sum::<f64>() / mm.len() as f64
+        })
+        .fold(1.0, f64::min)
+}
+
+/// A random rectangular hole ([`Rng::hole`], one item) that leaves at least 30 % of b's patches
+/// usable, so that masked comparisons are not trivially all zero.
+pub fn usable_hole(rng: &mut Rng, p: &Params, b_shape: [usize; 4]) -> Tensor {
+    loop {
+        let m = rng.hole(1, b_shape[1], b_shape[2]);
+        if valid_fraction(p, b_shape, &m) >= 0.3 {
+            return m;
+        }
+    }
+}
+
+/// Approximately N(0,1) (Box–Muller).
+pub fn normal(rng: &mut Rng) -> f32 {
+    let u1 = rng.uniform(1e-7, 1.0) as f64;
+    let u2 = rng.uniform(0.0, 1.0) as f64;
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+/// The largest |v|.
+pub fn max_abs(v: &[f32]) -> f64 {
+    v.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs()))
+}
+
+/// The largest |a − b|.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).fold(0.0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()))
+}
+
+/// ‖got − want‖₂ / ‖want‖₂.
+pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w as f64).powi(2)).sum();
+    let den: f64 = want.iter().map(|&w| (w as f64).powi(2)).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// The bit patterns, for bit-identity checks.
+pub fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// ReLU-like features max(0, N(0,1)).
+pub fn relu_features(rng: &mut Rng, shape: [usize; 4]) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor::new(shape, (0..n).map(|_| normal(rng).max(0.0)).collect()).unwrap()
+}
+
+/// A `[1, h, w, 1]` mask with a `side`×`side` square of ones at (y0, x0).
+pub fn square_hole(h: usize, w: usize, y0: usize, x0: usize, side: usize) -> Tensor {
+    Tensor::from_fn([1, h, w, 1], |_, y, x, _| {
+        ((y0..y0 + side).contains(&y) && (x0..x0 + side).contains(&x)) as u8 as f32
+    })
+}
+
+/// Concatenates per-item tensors along the batch.
+pub fn concat_batch(items: &[Tensor]) -> Tensor {
+    let s = items[0].shape();
+    let data: Vec<f32> = items.iter().flat_map(|t| t.data().iter().copied()).collect();
+    Tensor::new([items.len(), s[1], s[2], s[3]], data).unwrap()
 }
