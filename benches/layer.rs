@@ -23,7 +23,7 @@ fn layer(c: &mut Criterion) {
             bch.iter(|| on_gpu.forward(&x, &x, mask.as_ref()).unwrap())
         });
         if !skip_cpu {
-            let on_cpu = ContextualAttention::cpu(case.params.clone()).unwrap();
+            let on_cpu = ContextualAttention::reference(case.params.clone()).unwrap();
             group.bench_with_input(BenchmarkId::new("cpu-twin", case.size_label()), &case, |bch, _| {
                 bch.iter(|| on_cpu.forward(&x, &x, mask.as_ref()).unwrap())
             });

@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
+use crate::cpu;
 use crate::error::Result;
 use crate::geometry::Geometry;
 use crate::gpu::context::Gpu;
@@ -78,8 +79,11 @@ impl<'a> RunOptions<'a> {
 pub enum Backend {
     /// WGSL compute shaders on a wgpu device.
     Gpu(Gpu),
-    /// The CPU twin (f64 inside): slow, plain, the reference.
+    /// The fast CPU path (f32, packed GEMMs, all cores; [`crate::cpu`]).
     Cpu,
+    /// The CPU twin (f64 plain loops, one function per GPU stage): slow, the reference the
+    /// other backends are tested against.
+    Reference,
 }
 
 /// The contextual attention layer, ready to run.
@@ -110,9 +114,14 @@ impl ContextualAttention {
         Self::with_backend(Backend::Gpu(gpu.clone()), params)
     }
 
-    /// The layer on the CPU twin.
+    /// The layer on the fast CPU path ([`Backend::Cpu`]).
     pub fn cpu(params: Params) -> Result<Self> {
         Self::with_backend(Backend::Cpu, params)
+    }
+
+    /// The layer on the CPU twin ([`Backend::Reference`]).
+    pub fn reference(params: Params) -> Result<Self> {
+        Self::with_backend(Backend::Reference, params)
     }
 
     /// The layer on the given backend.
@@ -120,7 +129,7 @@ impl ContextualAttention {
         params.validate()?;
         let kernels = match &backend {
             Backend::Gpu(gpu) => Some(gpu.kernels()?),
-            Backend::Cpu => None,
+            Backend::Cpu | Backend::Reference => None,
         };
         Ok(ContextualAttention { params, backend, kernels, workspace: Mutex::new(None) })
     }
@@ -139,7 +148,8 @@ impl ContextualAttention {
     pub fn describe_backend(&self) -> String {
         match &self.backend {
             Backend::Gpu(gpu) => gpu.describe(),
-            Backend::Cpu => "CPU twin (f64)".to_string(),
+            Backend::Cpu => cpu::describe(),
+            Backend::Reference => "CPU twin (f64)".to_string(),
         }
     }
 
@@ -151,11 +161,23 @@ impl ContextualAttention {
     /// calls are submitted to the GPU in parts, one per tile, so that no submission runs long
     /// enough for the operating system to reset the GPU.
     pub fn run(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>, options: &RunOptions) -> Result<Output> {
-        let (g, plan) = self.prepare(f.shape(), b.shape(), mask.map(|m| m.shape()), options.tile_rows)?;
         let mut progress = |done, total| options.report(done, total);
+        let shapes = (f.shape(), b.shape(), mask.map(|m| m.shape()));
         match &self.backend {
-            Backend::Cpu => reference::forward(&self.params, &g, &plan, f, b, mask, options.queries, &mut progress),
-            Backend::Gpu(gpu) => self.submit(gpu, g, plan, f, b, mask, options.queries)?.wait(gpu, &mut progress),
+            Backend::Cpu => {
+                // Query and key tiles of its own (SPEC §T2), under the same budget.
+                let g = Geometry::new(&self.params, shapes.0, shapes.1, shapes.2)?;
+                let tiling = cpu::Tiling::for_call(&g, self.params.memory_budget, options.tile_rows)?;
+                cpu::forward(&self.params, &g, &tiling, f, b, mask, options.queries, &mut progress)
+            }
+            Backend::Reference => {
+                let (g, plan) = self.prepare(shapes.0, shapes.1, shapes.2, options.tile_rows)?;
+                reference::forward(&self.params, &g, &plan, f, b, mask, options.queries, &mut progress)
+            }
+            Backend::Gpu(gpu) => {
+                let (g, plan) = self.prepare(shapes.0, shapes.1, shapes.2, options.tile_rows)?;
+                self.submit(gpu, g, plan, f, b, mask, options.queries)?.wait(gpu, &mut progress)
+            }
         }
     }
 
@@ -170,7 +192,7 @@ impl ContextualAttention {
         options: &RunOptions<'_>,
     ) -> Result<Output> {
         match &self.backend {
-            Backend::Cpu => self.run(f, b, mask, options),
+            Backend::Cpu | Backend::Reference => self.run(f, b, mask, options),
             Backend::Gpu(gpu) => {
                 let (g, plan) = self.prepare(f.shape(), b.shape(), mask.map(|m| m.shape()), options.tile_rows)?;
                 let tiles = g.batch * plan.tiles.len();
@@ -244,7 +266,7 @@ impl ContextualAttention {
             (None, backend) => {
                 let max_binding = match backend {
                     Backend::Gpu(gpu) => gpu.max_binding(),
-                    Backend::Cpu => u64::MAX,
+                    Backend::Cpu | Backend::Reference => u64::MAX,
                 };
                 match self.params.memory_budget {
                     Some(budget) => Plan::new(&g, budget, max_binding)?,

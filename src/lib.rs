@@ -28,6 +28,7 @@
 
 pub mod bench;
 pub mod chain;
+pub mod cpu;
 pub mod error;
 pub mod fill;
 pub mod flow;

@@ -2,7 +2,7 @@
 //! with the halo rows its fuse step reads. The CPU twin and the GPU run the same plan.
 
 use crate::error::{Error, Result};
-use crate::geometry::{FusePass, Geometry};
+use crate::geometry::{Fuse, FusePass, Geometry};
 
 /// One tile of query rows and the rows it must compute on the way.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,13 +38,13 @@ pub struct Plan {
     pub tile_bytes: u64,
 }
 
-/// Rows reached from any position of grid row `i` by the steps of `pass` (all columns, all offsets).
-fn rows_reached(g: &Geometry, pass: FusePass, i: usize) -> Vec<usize> {
-    let fuse = g.fuse.expect("fuse rows asked without fuse");
+/// Rows reached from any position of row `i` of an `h×w` grid by the steps of `pass` (all
+/// columns, all offsets).
+fn rows_reached(fuse: Fuse, h: usize, w: usize, pass: FusePass, i: usize) -> Vec<usize> {
     let mut rows: Vec<usize> = Vec::new();
-    for j in 0..g.wf {
+    for j in 0..w {
         for d in fuse.offsets() {
-            if let Some((ni, _)) = Geometry::fuse_step(fuse.mode, pass, g.hf, g.wf, i, j, d) {
+            if let Some((ni, _)) = Geometry::fuse_step(fuse.mode, pass, h, w, i, j, d) {
                 rows.push(ni);
             }
         }
@@ -119,19 +119,7 @@ impl Plan {
 
     /// The plan and its largest single buffer.
     fn build(g: &Geometry, needs: &RowNeeds, rows_per_tile: usize) -> (Plan, u64) {
-        let hf = g.hf;
-        let tiles: Vec<Tile> = (0..hf)
-            .step_by(rows_per_tile)
-            .map(|r0| {
-                let r1 = (r0 + rows_per_tile).min(hf);
-                if g.fuse.is_none() {
-                    return Tile { rows: r0..r1, pass1_rows: Vec::new(), raw_rows: (r0..r1).collect() };
-                }
-                let pass1_rows = union(hf, (r0..r1).map(|i| &needs.pass2[i]));
-                let raw_rows = union(hf, pass1_rows.iter().map(|&z| &needs.pass1[z]));
-                Tile { rows: r0..r1, pass1_rows, raw_rows }
-            })
-            .collect();
+        let tiles = needs.tiles(rows_per_tile);
         let sizes: Vec<[u64; 4]> =
             tiles.iter().map(|t| tile_bytes(g, t.rows.len(), t.pass1_rows.len(), t.raw_rows.len())).collect();
         let total = sizes.iter().map(|s| s.iter().sum::<u64>()).max().unwrap_or(0);
@@ -140,21 +128,47 @@ impl Plan {
     }
 }
 
-/// Per query row: the first-pass rows its second fuse pass reads, and the raw rows a
-/// first-pass row reads (empty without fuse).
-struct RowNeeds {
+/// Per grid row: the first-pass rows its second fuse pass reads, and the raw rows a
+/// first-pass row reads (empty without fuse). The same for the query grid (hf×wf) and, with key
+/// tiles (SPEC §T2), for the patch grid (ph×pw): the fuse couples both alike.
+pub(crate) struct RowNeeds {
+    h: usize,
+    fused: bool,
     pass2: Vec<Vec<usize>>,
     pass1: Vec<Vec<usize>>,
 }
 
 impl RowNeeds {
     fn new(g: &Geometry) -> RowNeeds {
-        if g.fuse.is_none() {
-            return RowNeeds { pass2: Vec::new(), pass1: Vec::new() };
-        }
-        let (pass2, pass1) =
-            (0..g.hf).map(|i| (rows_reached(g, FusePass::Cols, i), rows_reached(g, FusePass::Rows, i))).unzip();
-        RowNeeds { pass2, pass1 }
+        Self::on_grid(g.fuse, g.hf, g.wf)
+    }
+
+    /// The needs of every row of an `h×w` grid.
+    pub(crate) fn on_grid(fuse: Option<Fuse>, h: usize, w: usize) -> RowNeeds {
+        let Some(fuse) = fuse else {
+            return RowNeeds { h, fused: false, pass2: Vec::new(), pass1: Vec::new() };
+        };
+        let (pass2, pass1) = (0..h)
+            .map(|i| (rows_reached(fuse, h, w, FusePass::Cols, i), rows_reached(fuse, h, w, FusePass::Rows, i)))
+            .unzip();
+        RowNeeds { h, fused: true, pass2, pass1 }
+    }
+
+    /// Tiles of `rows_per_tile` rows (the last may have fewer) with their halos.
+    pub(crate) fn tiles(&self, rows_per_tile: usize) -> Vec<Tile> {
+        let h = self.h;
+        (0..h)
+            .step_by(rows_per_tile.max(1))
+            .map(|r0| {
+                let r1 = (r0 + rows_per_tile).min(h);
+                if !self.fused {
+                    return Tile { rows: r0..r1, pass1_rows: Vec::new(), raw_rows: (r0..r1).collect() };
+                }
+                let pass1_rows = union(h, (r0..r1).map(|i| &self.pass2[i]));
+                let raw_rows = union(h, pass1_rows.iter().map(|&z| &self.pass1[z]));
+                Tile { rows: r0..r1, pass1_rows, raw_rows }
+            })
+            .collect()
     }
 }
 

@@ -21,12 +21,12 @@ fn forward_async_matches_forward() {
     let asynchronous = pollster::block_on(layer.forward_async(&f, &b, Some(&hole))).unwrap();
     assert_eq!(sync, asynchronous, "forward_async differs from forward");
     // And both are right.
-    let cpu = ContextualAttention::cpu(p.clone()).unwrap().forward(&f, &b, Some(&hole)).unwrap();
+    let cpu = ContextualAttention::reference(p.clone()).unwrap().forward(&f, &b, Some(&hole)).unwrap();
     let (dy, dm, agree, total) =
         compare("forward_async vs twin", &asynchronous, &cpu, &twin_rows(&p, &f, &b, Some(&hole)));
     // The CPU backend's future gives the twin's result.
     let cpu_async =
-        pollster::block_on(ContextualAttention::cpu(p).unwrap().forward_async(&f, &b, Some(&hole))).unwrap();
+        pollster::block_on(ContextualAttention::reference(p).unwrap().forward_async(&f, &b, Some(&hole))).unwrap();
     assert_eq!(cpu_async, cpu);
     eprintln!(
         "forward_async: identical to forward; vs twin max|Δy| {dy:.2e}, max|Δmass| {dm:.2e}, argmax {agree}/{total}"
@@ -39,7 +39,7 @@ fn layer_reuse_across_shapes() {
     let mut rng = Rng::new("layer_reuse_across_shapes");
     let p = Params { rate: 2, ..Default::default() };
     let layer = ContextualAttention::new(gpu, p.clone()).unwrap();
-    let cpu = ContextualAttention::cpu(p.clone()).unwrap();
+    let cpu = ContextualAttention::reference(p.clone()).unwrap();
     let fa = rng.tensor([2, 12, 16, 3], -1.0, 1.0);
     let ba = rng.tensor([2, 16, 12, 3], -1.0, 1.0);
     let ma = usable_hole(&mut rng, &p, ba.shape());
@@ -88,7 +88,7 @@ fn layer_runs_on_a_device_the_caller_owns() {
     let x = rng.tensor([1, 12, 12, 3], -1.0, 1.0);
     let params = Params { rate: 2, ..Default::default() };
     let out = ContextualAttention::new(&gpu, params.clone()).unwrap().forward(&x, &x, None).unwrap();
-    let twin = ContextualAttention::cpu(params).unwrap().forward(&x, &x, None).unwrap();
+    let twin = ContextualAttention::reference(params).unwrap().forward(&x, &x, None).unwrap();
     assert_tensors_close("caller's device vs twin", &out.y, &twin.y, 1e-5);
     // The caller's device still works for its own work afterwards.
     let buf = device.create_buffer(&wgpu::BufferDescriptor {
@@ -116,8 +116,10 @@ fn the_compute_pass_is_timed_where_the_device_has_timestamps() {
     } else {
         assert_eq!(out.gpu_time_ms, None);
     }
-    let cpu =
-        ContextualAttention::cpu(Params { rate: 2, ..Default::default() }).unwrap().forward(&x, &x, None).unwrap();
+    let cpu = ContextualAttention::reference(Params { rate: 2, ..Default::default() })
+        .unwrap()
+        .forward(&x, &x, None)
+        .unwrap();
     assert_eq!(cpu.gpu_time_ms, None);
 }
 
@@ -133,7 +135,7 @@ fn progress_is_reported_per_tile_and_changes_nothing() {
         .plan(x.shape(), x.shape(), Some(hole.shape()))
         .unwrap()
         .tile_bytes;
-    for backend in [contextual_attention::Backend::Gpu(gpu.clone()), contextual_attention::Backend::Cpu] {
+    for backend in [contextual_attention::Backend::Gpu(gpu.clone()), contextual_attention::Backend::Reference] {
         let tiled =
             ContextualAttention::with_backend(backend, Params { memory_budget: Some(whole * 2 / 3), ..params.clone() })
                 .unwrap();
@@ -159,7 +161,7 @@ fn run_options_combine_progress_queries_and_tile_rows() {
     let b = rng.tensor([2, 16, 12, 3], -1.0, 1.0);
     let hole = usable_hole(&mut rng, &p, b.shape());
     let queries = [(0, 0), (5, 7), (2, 3)];
-    for backend in [contextual_attention::Backend::Gpu(gpu.clone()), contextual_attention::Backend::Cpu] {
+    for backend in [contextual_attention::Backend::Gpu(gpu.clone()), contextual_attention::Backend::Reference] {
         let layer = ContextualAttention::with_backend(backend, p.clone()).unwrap();
         let name = layer.describe_backend();
         // hf = 6 query rows in tiles of 2: 3 tiles per item, 6 in all.

@@ -105,7 +105,7 @@ fn attend_round_trip_on_both_backends_agrees_with_the_library() {
         io::read_tensor_npy(&b, "b").unwrap(),
         io::read_tensor_npy(&m, "mask").unwrap(),
     );
-    let lib = ContextualAttention::cpu(Params { rate: 2, ..Default::default() })
+    let lib = ContextualAttention::reference(Params { rate: 2, ..Default::default() })
         .unwrap()
         .forward(&ft, &bt, Some(&mt))
         .unwrap();

@@ -190,7 +190,7 @@ fn bad_shapes_give_the_right_error() {
 
         // The CPU twin's layer gives the same error instead of panicking.
         let (f, b, mask) = inputs(&mut rng, &bad);
-        let layer = ContextualAttention::cpu(bad.params.clone()).unwrap();
+        let layer = ContextualAttention::reference(bad.params.clone()).unwrap();
         let e2 =
             layer.forward(&f, &b, mask.as_ref()).err().unwrap_or_else(|| panic!("{}: forward accepted it", bad.what));
         assert_eq!(e2.to_string(), e.to_string(), "{}: forward and Geometry::new disagree", bad.what);
@@ -211,7 +211,7 @@ fn bad_params_give_invalid_param() {
             .err()
             .unwrap_or_else(|| panic!("{what}: Geometry::new accepted it"));
         assert!(matches!(&e, Error::InvalidParam { name: n, .. } if *n == name), "{what}: Geometry::new gave {e:?}");
-        let e = ContextualAttention::cpu(params.clone())
+        let e = ContextualAttention::reference(params.clone())
             .err()
             .unwrap_or_else(|| panic!("{what}: the CPU layer accepted it"));
         assert!(
@@ -236,7 +236,8 @@ fn accepted_edge_cases() {
     // A tiny but positive budget is a valid parameter; it fails later with MemoryBudget.
     assert!(Params { memory_budget: Some(1), ..Default::default() }.validate().is_ok());
     let x = rng.tensor([1, 8, 8, 2], -1.0, 1.0);
-    let layer = ContextualAttention::cpu(Params { rate: 2, memory_budget: Some(1), ..Default::default() }).unwrap();
+    let layer =
+        ContextualAttention::reference(Params { rate: 2, memory_budget: Some(1), ..Default::default() }).unwrap();
     let e = layer.forward(&x, &x, None).expect_err("a 1-byte budget cannot fit a tile");
     assert!(matches!(e, Error::MemoryBudget { budget: 1, .. }), "{e:?}");
     check_message("1-byte budget", &e, &["memory budget", "raise"]);
@@ -244,7 +245,7 @@ fn accepted_edge_cases() {
     // Odd sizes at rate 1 (SPEC §9, G3), and f ≠ b sizes.
     let f = rng.tensor([1, 5, 7, 3], -1.0, 1.0);
     let b = rng.tensor([1, 6, 3, 3], -1.0, 1.0);
-    let out = ContextualAttention::cpu(Params::default()).unwrap().forward(&f, &b, None).unwrap();
+    let out = ContextualAttention::reference(Params::default()).unwrap().forward(&f, &b, None).unwrap();
     assert_eq!(out.y.shape(), [1, 5, 7, 3]);
 
     // Stride 2 is accepted (the original fails with a reshape error; SPEC §E extends it):
@@ -254,7 +255,7 @@ fn accepted_edge_cases() {
     let b = rng.tensor([2, 10, 6, 2], -1.0, 1.0);
     let g = Geometry::new(&params, f.shape(), b.shape(), None).unwrap();
     assert_eq!((g.ph, g.pw), (3, 2));
-    let out = ContextualAttention::cpu(params).unwrap().forward(&f, &b, None).unwrap();
+    let out = ContextualAttention::reference(params).unwrap().forward(&f, &b, None).unwrap();
     assert_eq!(out.patch_grid, (3, 2));
     assert!(out.y.data().iter().all(|v| v.is_finite()));
     assert!(out.argmax.iter().all(|&a| a < 6));
@@ -264,7 +265,7 @@ fn accepted_edge_cases() {
     let x = rng.tensor([2, 8, 8, 2], -1.0, 1.0);
     for mb in [1, 2] {
         let mask = rng.hole(mb, 8, 8);
-        assert!(ContextualAttention::cpu(Params { rate: 2, ..Default::default() })
+        assert!(ContextualAttention::reference(Params { rate: 2, ..Default::default() })
             .unwrap()
             .forward(&x, &x, Some(&mask))
             .is_ok());
@@ -274,7 +275,7 @@ fn accepted_edge_cases() {
     for fuse in [true, false] {
         let params = Params { rate: 2, fuse, ..Default::default() };
         let mask = Tensor::from_fn([2, 8, 8, 1], |_, _, _, _| 1.0);
-        let out = ContextualAttention::cpu(params).unwrap().forward(&x, &x, Some(&mask)).unwrap();
+        let out = ContextualAttention::reference(params).unwrap().forward(&x, &x, Some(&mask)).unwrap();
         assert!(out.y.data().iter().all(|&v| v == 0.0), "fuse {fuse}: y not exactly 0 with everything masked");
         assert!(out.mass.iter().all(|&m| m == 0.0), "fuse {fuse}: mass not 0 with everything masked");
     }
@@ -286,7 +287,8 @@ fn gpu_forward_returns_the_same_errors() {
     let mut rng = Rng::new("gpu_forward_returns_the_same_errors");
     for bad in bad_shapes() {
         let (f, b, mask) = inputs(&mut rng, &bad);
-        let cpu = ContextualAttention::cpu(bad.params.clone()).unwrap().forward(&f, &b, mask.as_ref()).err().unwrap();
+        let cpu =
+            ContextualAttention::reference(bad.params.clone()).unwrap().forward(&f, &b, mask.as_ref()).err().unwrap();
         let layer = ContextualAttention::new(gpu, bad.params.clone()).unwrap();
         let e = layer
             .forward(&f, &b, mask.as_ref())

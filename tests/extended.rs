@@ -30,7 +30,7 @@ fn per_sample_masks_equal_running_each_item_alone() {
             assert_eq!(both.y.item(n), alone.y, "y of item {n}");
         }
         // and the twin agrees
-        let twin = ContextualAttention::cpu(params).unwrap().forward(&f, &b, Some(&masks)).unwrap();
+        let twin = ContextualAttention::reference(params).unwrap().forward(&f, &b, Some(&masks)).unwrap();
         assert_tensors_close("per-sample masks, GPU vs twin", &both.y, &twin.y, 1e-5);
         assert_eq!(both.argmax, twin.argmax);
     }
@@ -75,7 +75,7 @@ fn attention_rows_match_the_twin_and_the_other_outputs() {
     let params = Params { rate: 2, ..Default::default() };
     let queries = [(0, 0), (3, 9), (7, 4), (5, 0)];
     let twin =
-        ContextualAttention::cpu(params.clone()).unwrap().forward_inspect(&f, &b, Some(&mask), &queries).unwrap();
+        ContextualAttention::reference(params.clone()).unwrap().forward_inspect(&f, &b, Some(&mask), &queries).unwrap();
     let l = 36;
     let one_tile = ContextualAttention::new(gpu, params.clone()).unwrap();
     let whole = one_tile.plan(f.shape(), b.shape(), Some(mask.shape())).unwrap().tile_bytes;
@@ -144,7 +144,7 @@ fn every_option_is_tiling_invariant_on_the_gpu() {
             assert_tensors_close(&format!("{name}, {rows}-row tiles vs one tile"), &tiled.y, &whole.y, 1e-6);
             assert_eq!(tiled.argmax, whole.argmax, "{name}: argmax with {rows}-row tiles");
         }
-        let twin = ContextualAttention::cpu(params).unwrap().forward(&x, &x, Some(&hole)).unwrap();
+        let twin = ContextualAttention::reference(params).unwrap().forward(&x, &x, Some(&hole)).unwrap();
         assert_tensors_close(&format!("{name}, GPU vs twin"), &whole.y, &twin.y, 1e-5);
     }
 }

@@ -8,7 +8,7 @@ use contextual_attention::fill::fill;
 use contextual_attention::{ContextualAttention, Error, Params, RunOptions, Tensor};
 
 fn layer() -> ContextualAttention {
-    ContextualAttention::cpu(Params { rate: 2, ..Default::default() }).unwrap()
+    ContextualAttention::reference(Params { rate: 2, ..Default::default() }).unwrap()
 }
 
 #[test]

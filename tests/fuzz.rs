@@ -46,7 +46,7 @@ fn random_configurations_agree_with_the_twin() {
         );
         let on_gpu =
             ContextualAttention::new(gpu, params.clone()).unwrap().forward_with_tile_rows(rows, &f, &b, mask.as_ref());
-        let on_cpu = ContextualAttention::cpu(params).unwrap().forward(&f, &b, mask.as_ref());
+        let on_cpu = ContextualAttention::reference(params).unwrap().forward(&f, &b, mask.as_ref());
         match (on_gpu, on_cpu) {
             (Ok(g), Ok(t)) => {
                 let scale = t.y.data().iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6) as f64;

@@ -490,7 +490,7 @@ fn whole_mask_gives_exactly_zero() {
             let f = rng.tensor([2, 8, 10, 3], -1.0, 1.0);
             let b = rng.tensor([2, 8, 6, 3], -1.0, 1.0);
             let mask = Tensor::from_fn([1, 8, 6, 1], |_, _, _, _| 1.0);
-            let out = ContextualAttention::cpu(params).unwrap().forward(&f, &b, Some(&mask)).unwrap();
+            let out = ContextualAttention::reference(params).unwrap().forward(&f, &b, Some(&mask)).unwrap();
             assert!(
                 out.y.data().iter().all(|&v| v == 0.0),
                 "{masking:?} fuse {fuse}: y is not exactly 0 under a whole mask"
@@ -539,7 +539,7 @@ fn constant_image_border_darkening() {
     for (rate, h, w) in [(2, 8, 10), (3, 12, 9), (1, 5, 7), (4, 16, 12)] {
         let params = Params { rate, fuse: false, ..Default::default() };
         let x = Tensor::from_fn([1, h, w, 4], |_, _, _, _| c);
-        let out = ContextualAttention::cpu(params).unwrap().forward(&x, &x, None).unwrap();
+        let out = ContextualAttention::reference(params).unwrap().forward(&x, &x, None).unwrap();
         for py in 0..h {
             for px in 0..w {
                 let want = c as f64 * cov(h, rate, py) * cov(w, rate, px) / 4.0;
@@ -643,7 +643,7 @@ fn identity_experiment_with_exact_overlap() {
                 overlap,
                 ..Default::default()
             };
-            let out = ContextualAttention::cpu(params).unwrap().forward(&x, &x, None).unwrap();
+            let out = ContextualAttention::reference(params).unwrap().forward(&x, &x, None).unwrap();
             let (hf, wf) = (h / rate, w / rate);
             let own: Vec<u32> = (0..(hf * wf) as u32).collect();
             assert_eq!(out.argmax, own, "r={rate} K={kernel}: every query must attend to its own patch");
@@ -676,14 +676,14 @@ fn argmax_ties_pick_the_first_index() {
     let x = Tensor::from_fn([1, 8, 10, 3], |_, _, _, _| 0.75);
     for rate in [1, 2] {
         let params = Params { rate, ksize: 1, fuse: false, ..Default::default() };
-        let out = ContextualAttention::cpu(params).unwrap().forward(&x, &x, None).unwrap();
+        let out = ContextualAttention::reference(params).unwrap().forward(&x, &x, None).unwrap();
         assert!(out.argmax.iter().all(|&a| a == 0), "rate {rate}: argmax {:?}", out.argmax);
     }
     // ksize 3: patches tie within each class of equal zero padding (top / interior / bottom
     // rows × left / interior / right columns); a query's best class is its own, and the first
     // patch of that class wins: row 0, 1 or hb−1, column 0, 1 or wb−1.
     let params = Params { rate: 2, ksize: 3, fuse: false, ..Default::default() };
-    let out = ContextualAttention::cpu(params).unwrap().forward(&x, &x, None).unwrap();
+    let out = ContextualAttention::reference(params).unwrap().forward(&x, &x, None).unwrap();
     let (hf, wf) = (4, 5);
     let first = |i: usize, n: usize| {
         if i == 0 {
@@ -711,7 +711,7 @@ fn offsets_decode_with_the_patch_grid_width() {
         let params = Params { rate: 2, stride, ..Default::default() };
         let f = rng.tensor(f_shape, -1.0, 1.0);
         let b = rng.tensor(b_shape, -1.0, 1.0);
-        let out = ContextualAttention::cpu(params).unwrap().forward(&f, &b, None).unwrap();
+        let out = ContextualAttention::reference(params).unwrap().forward(&f, &b, None).unwrap();
         let (hb, wb) = (b_shape[1] / 2, b_shape[2] / 2);
         let (ph, pw) = (hb.div_ceil(stride), wb.div_ceil(stride));
         assert_eq!(out.patch_grid, (ph, pw));
@@ -762,7 +762,7 @@ fn large_magnitudes_stay_finite_and_one_hot() {
         let x =
             Tensor::new([1, h, w, c], rng.vec(h * w * c, -1.0, 1.0).into_iter().map(|v| v * 1000.0).collect()).unwrap();
         let g = Geometry::new(&params, x.shape(), x.shape(), None).unwrap();
-        let out = ContextualAttention::cpu(params.clone()).unwrap().forward(&x, &x, None).unwrap();
+        let out = ContextualAttention::reference(params.clone()).unwrap().forward(&x, &x, None).unwrap();
         assert!(out.y.data().iter().all(|v| v.is_finite()), "fuse {fuse}: Inf/NaN in y");
         for &m in &out.mass {
             assert!((m - 1.0).abs() < 1e-6, "fuse {fuse}: attention mass {m} without a mask");

@@ -1,5 +1,5 @@
 //! Goldens G1–G8: outputs of the original TensorFlow layer (tests/fixtures/README.md), on the
-//! CPU twin and on the GPU: |Δy| ≤ 1e-5, identical argmax, attention mass within 1e-5.
+//! CPU twin, the fast CPU backend and the GPU: |Δy| ≤ 1e-5, identical argmax, attention mass within 1e-5.
 
 mod common;
 
@@ -77,9 +77,21 @@ fn goldens_on_cpu_twin() {
     assert_eq!(cases.len(), 8);
     for case in &cases {
         let x = common::pattern(case.shape);
-        let layer = ContextualAttention::cpu(case.params.clone()).unwrap();
+        let layer = ContextualAttention::reference(case.params.clone()).unwrap();
         let out = layer.forward(&x, &x, case.mask.as_ref()).unwrap();
         check(case, &out, "CPU twin");
+    }
+}
+
+#[test]
+fn goldens_on_cpu_backend() {
+    let cases = cases();
+    assert_eq!(cases.len(), 8);
+    for case in &cases {
+        let x = common::pattern(case.shape);
+        let layer = ContextualAttention::cpu(case.params.clone()).unwrap();
+        let out = layer.forward(&x, &x, case.mask.as_ref()).unwrap();
+        check(case, &out, &layer.describe_backend());
     }
 }
 

@@ -71,7 +71,7 @@ fn tiling_invariance_twin() {
     let t0 = Instant::now();
     for (fuse, mode) in [(true, FuseMode::Wrap), (true, FuseMode::Spatial), (false, FuseMode::Wrap)] {
         let p = Params { rate: 2, fuse, fuse_mode: mode, ..Default::default() };
-        let layer = ContextualAttention::cpu(p).unwrap();
+        let layer = ContextualAttention::reference(p).unwrap();
         let whole = layer.forward_with_tile_rows(8, &x, &x, Some(&hole)).unwrap();
         assert_eq!(whole, layer.forward(&x, &x, Some(&hole)).unwrap(), "twin: forward vs one tile of 8 rows");
         for rows in [1, 2, 3] {
@@ -106,7 +106,7 @@ fn tiling_invariance_gpu_small() {
         let layer = ContextualAttention::new(gpu, p.clone()).unwrap();
         assert_eq!(layer.plan(f.shape(), b.shape(), Some(hole.shape())).unwrap().tiles.len(), 1);
         let whole = layer.forward(&f, &b, Some(&hole)).unwrap();
-        let cpu = ContextualAttention::cpu(p.clone()).unwrap().forward(&f, &b, Some(&hole)).unwrap();
+        let cpu = ContextualAttention::reference(p.clone()).unwrap().forward(&f, &b, Some(&hole)).unwrap();
         let twin = twin_rows(&p, &f, &b, Some(&hole));
         let (dy, _, agree, total) =
             compare(&format!("GPU fuse {fuse} fk{fk} {mode:?} one tile vs twin"), &whole, &cpu, &twin);
@@ -132,7 +132,7 @@ fn the_default_budget_is_a_target_and_an_explicit_one_a_limit() {
     let shape = [1, 270, 480, 96];
     let mask = Some([1, 270, 480, 1]);
     let model = Params { rate: 2, ..Default::default() };
-    let plan = ContextualAttention::cpu(model.clone()).unwrap().plan(shape, shape, mask).unwrap();
+    let plan = ContextualAttention::reference(model.clone()).unwrap().plan(shape, shape, mask).unwrap();
     let full = 32_400u64 * 32_400 * 4;
     eprintln!(
         "1080p default plan: {} tiles of {} rows, {} MiB per tile (whole matrix {} MiB)",
@@ -145,7 +145,7 @@ fn the_default_budget_is_a_target_and_an_explicit_one_a_limit() {
     // 2560×1600 (400×640×96): one-row tiles need more than 256 MiB. The default budget is a
     // target and uses them anyway; the same budget given explicitly is a limit.
     let (shape, mask) = ([1, 400, 640, 96], Some([1, 400, 640, 1]));
-    let plan = ContextualAttention::cpu(model.clone()).unwrap().plan(shape, shape, mask).unwrap();
+    let plan = ContextualAttention::reference(model.clone()).unwrap().plan(shape, shape, mask).unwrap();
     eprintln!(
         "2560x1600 default plan: {} tiles of {} rows, {} MiB per tile",
         plan.tiles.len(),
@@ -153,7 +153,7 @@ fn the_default_budget_is_a_target_and_an_explicit_one_a_limit() {
         plan.tile_bytes >> 20
     );
     assert!(plan.rows_per_tile == 1 && plan.tile_bytes > 256 << 20);
-    let strict = ContextualAttention::cpu(Params { memory_budget: Some(256 << 20), ..model.clone() }).unwrap();
+    let strict = ContextualAttention::reference(Params { memory_budget: Some(256 << 20), ..model.clone() }).unwrap();
     match strict.plan(shape, shape, mask) {
         Err(err @ contextual_attention::Error::MemoryBudget { .. }) => {
             assert!(err.to_string().contains("raise the memory budget"), "{err}")
@@ -161,6 +161,6 @@ fn the_default_budget_is_a_target_and_an_explicit_one_a_limit() {
         other => panic!("an explicit 256 MiB budget must be refused, got {:?}", other.map(|p| p.tiles.len())),
     }
     // With room, tiles grow.
-    let roomy = ContextualAttention::cpu(Params { memory_budget: Some(4 << 30), ..model }).unwrap();
+    let roomy = ContextualAttention::reference(Params { memory_budget: Some(4 << 30), ..model }).unwrap();
     assert!(roomy.plan(shape, shape, mask).unwrap().rows_per_tile > 1);
 }

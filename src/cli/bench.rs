@@ -106,7 +106,7 @@ pub fn run(a: BenchArgs) -> CliResult {
         bar.inc(1);
         let cpu = if cpu_cases(case) {
             bar.set_message(format!("{} on CPU twin", case.name));
-            let (t, _, y) = measure(&ContextualAttention::cpu(case.params.clone())?, case, 0, repeats)?;
+            let (t, _, y) = measure(&ContextualAttention::reference(case.params.clone())?, case, 0, repeats)?;
             bar.inc(1);
             Some((t, gpu_y.max_abs_diff(&y)? as f64))
         } else {

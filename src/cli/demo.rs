@@ -49,17 +49,23 @@ impl Runner {
             "{name}: {w}×{h}×{c}, {}: {:.0} ms",
             match self.layer_backend {
                 Backend::Gpu(_) => "GPU",
-                Backend::Cpu => "CPU twin",
+                Backend::Cpu => "CPU",
+                Backend::Reference => "CPU twin",
             },
             ms(t)
         );
-        if self.compare && matches!(self.layer_backend, Backend::Gpu(_)) {
-            let cpu = ContextualAttention::cpu(params)?;
+        let compared = match self.layer_backend {
+            Backend::Gpu(_) => Some("GPU − CPU"),
+            Backend::Cpu => Some("CPU − twin"),
+            Backend::Reference => None,
+        };
+        if let Some(label) = compared.filter(|_| self.compare) {
+            let cpu = ContextualAttention::reference(params)?;
             let (twin, tc) = timed(|| cpu.forward(f, b, mask));
             let twin = twin?;
             let agree = out.argmax.iter().zip(&twin.argmax).filter(|(a, b)| a == b).count();
             print!(
-                ", CPU twin: {:.0} ms, max |GPU − CPU| = {:.3e} (values 0–255), argmax agrees at {}/{} queries",
+                ", CPU twin: {:.0} ms, max |{label}| = {:.3e} (values 0–255), argmax agrees at {}/{} queries",
                 ms(tc),
                 out.y.max_abs_diff(&twin.y)?,
                 agree,
@@ -96,8 +102,12 @@ pub fn run(a: DemoArgs) -> CliResult {
             Backend::Gpu(gpu)
         }
         BackendArg::Cpu => {
-            println!("backend: CPU twin");
+            println!("backend: {}", contextual_attention::cpu::describe());
             Backend::Cpu
+        }
+        BackendArg::Reference => {
+            println!("backend: CPU twin");
+            Backend::Reference
         }
     };
     let runner = Runner { layer_backend, compare: !a.no_compare };

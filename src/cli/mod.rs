@@ -20,8 +20,10 @@ pub enum BackendArg {
     /// WGSL compute shaders through wgpu (Vulkan, Metal, DX12).
     #[default]
     Gpu,
-    /// The CPU twin (f64, slow).
+    /// The fast CPU path (f32, packed GEMMs, all cores).
     Cpu,
+    /// The CPU twin (f64 plain loops, slow): the reference the others are tested against.
+    Reference,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -123,6 +125,7 @@ impl LayerArgs {
         let backend = match self.backend {
             BackendArg::Gpu => Backend::Gpu(Gpu::new()?),
             BackendArg::Cpu => Backend::Cpu,
+            BackendArg::Reference => Backend::Reference,
         };
         Ok(ContextualAttention::with_backend(backend, params)?)
     }

@@ -1,12 +1,13 @@
 //! Stage `fold` (SPEC §2.11, §T); GPU: `shaders/fold.wgsl`.
 
+use super::Real;
 use crate::geometry::Geometry;
 
 /// Adds the pasted columns `[tile rows·wf, K·K·C]` of the queries in `rows` into the
 /// unnormalised output `y [Hf, Wf, C]` (the fold of the transposed convolution, as a gather).
 /// Each pixel adds its covering queries in ascending (i, j) order, so tiles of whole rows
 /// added in ascending order give the same sums as one tile.
-pub fn fold(pasted_columns: &[f64], rows: std::ops::Range<usize>, g: &Geometry, y: &mut [f64]) {
+pub fn fold<T: Real>(pasted_columns: &[T], rows: std::ops::Range<usize>, g: &Geometry, y: &mut [T]) {
     let (hf_full, wf_full) = g.f_size;
     let (kk, c, p, r) = (g.paste_kernel, g.channels, g.raw_len(), g.rate);
     for py in 0..hf_full {

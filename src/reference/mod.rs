@@ -1,7 +1,8 @@
 //! The CPU twin: every GPU stage in plain f64 loops, one file per stage named as its shader,
 //! with the same stage boundaries and buffer layouts, and the whole layer run through the same
 //! chain ([`crate::chain`]). It is the oracle of the GPU tests and a backend of its own
-//! ([`crate::Backend::Cpu`]).
+//! ([`crate::Backend::Reference`]). The fast f32 path ([`crate::cpu`]) shares its fold and
+//! normalize.
 //!
 //! Layouts (per batch item, row-major, f64 here and f32 on the GPU):
 //! * downscaled f′ `[hf, wf, C]`, b′ `[hb, wb, C]`, mask `[hb, wb]`;
@@ -43,6 +44,12 @@ use crate::output::Output;
 use crate::params::Params;
 use crate::plan::{Plan, Tile};
 use crate::tensor::Tensor;
+
+/// The element types of the stages shared with the fast CPU path ([`fold`], [`normalize`]):
+/// f64 here, f32 there.
+pub trait Real: Copy + std::ops::AddAssign + std::ops::Div<Output = Self> + PartialEq + From<f32> {}
+impl Real for f32 {}
+impl Real for f64 {}
 
 /// Reads `x[(y·w + x)·c + ch]` with zero padding outside `h×w`.
 #[inline]

@@ -1,0 +1,44 @@
+//! The two GEMMs of the layer on the CPU (SPEC §2.7 scores, §2.10 paste), through faer's packed,
+//! blocked kernels with run-time SIMD dispatch (AVX-512/AVX2/NEON) on all of rayon's threads.
+//!
+//! Why faer: on this project's shapes ([Nq, k²C]·[Nk, k²C]ᵀ and [Nq, Lk]·[Lk, K²C]) on a 2-vCPU
+//! AMD EPYC (Zen 5) it gave 176–201 GFLOP/s with both threads, against 150–183 for
+//! `matrixmultiply` (AVX2 at most) and 140–194 for `gemm` (README, "CPU backend"). It also gives
+//! the same bits for any thread count (it splits the output, never the inner dimension), which
+//! the backend's determinism rests on.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
+/// All of rayon's threads.
+fn par() -> Par {
+    match rayon::current_num_threads() {
+        0 | 1 => Par::Seq,
+        n => Par::rayon(n),
+    }
+}
+
+/// `out [m, n] = a [m, k] · b [n, k]ᵀ`: the raw scores of query patches against matching patches.
+pub fn scores(a: &[f32], b: &[f32], out: &mut [f32], m: usize, n: usize, k: usize) {
+    let out = &mut out[..m * n];
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let a = MatRef::from_row_major_slice(&a[..m * k], m, k);
+    let b = MatRef::from_row_major_slice(&b[..n * k], n, k).transpose();
+    matmul(MatMut::from_row_major_slice_mut(out, m, n), Accum::Replace, a, b, 1.0f32, par());
+}
+
+/// `out [m, n] += a [m, k] · b [k, n]`: attention weights times raw patches, added to the paste.
+pub fn accumulate(a: &[f32], b: &[f32], out: &mut [f32], m: usize, n: usize, k: usize) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let a = MatRef::from_row_major_slice(&a[..m * k], m, k);
+    let b = MatRef::from_row_major_slice(&b[..k * n], k, n);
+    matmul(MatMut::from_row_major_slice_mut(&mut out[..m * n], m, n), Accum::Add, a, b, 1.0f32, par());
+}

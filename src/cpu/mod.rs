@@ -1,0 +1,350 @@
+//! The fast CPU backend ([`crate::Backend::Cpu`]): the whole layer in f32, organised as SPEC
+//! §T2 describes. For each query tile (whole rows of the query grid, with the halo rows the fuse
+//! reads) and each key tile (whole rows of the patch grid, with theirs):
+//!
+//! 1. the raw scores as one GEMM of gathered panels (query patches · matching patchesᵀ),
+//! 2. the two fuse passes, from the halos down to the tiles' own rows,
+//! 3. the online masked softmax, keeping per query the running maximum, sums, argmax and mass,
+//! 4. the paste as a second GEMM (weights · raw patches) added to the query tile's accumulator,
+//!    rescaled when a tile raises the maximum.
+//!
+//! After the last key tile the accumulator, divided by the softmax's sum, is folded into y; y is
+//! normalised per item (the twin's [`fold`](crate::reference::fold) and
+//! [`normalize`](crate::reference::normalize), in f32). Nothing but L-sized vectors (norms,
+//! validity) grows with the number of patches: the working set is bounded by the memory budget
+//! whatever the image size.
+//!
+//! Threads: the GEMMs run on all of rayon's threads (faer splits their output), the gathers,
+//! fuse and softmax split rows. No result depends on how many threads there are: every number
+//! is computed by one thread in a fixed order, and the tiling depends on the sizes and the
+//! budget only.
+//!
+//! Written here rather than taken from a crate: the fuse, the online masked softmax and the
+//! implicit patch panels are this layer's own; the GEMMs are faer's ([`gemm`]).
+
+mod fuse;
+pub mod gemm;
+mod panels;
+pub mod softmax;
+
+use rayon::prelude::*;
+
+use crate::chain::inspected_in;
+use crate::error::{Error, Result};
+use crate::geometry::{FusePass, Geometry};
+use crate::output::Output;
+use crate::params::{Params, DEFAULT_MEMORY_BUDGET};
+use crate::plan::{RowNeeds, Tile};
+use crate::reference;
+use crate::tensor::Tensor;
+use panels::Image;
+use softmax::Row;
+
+/// One line naming the backend: threads and the widest SIMD the GEMMs dispatch to.
+pub fn describe() -> String {
+    format!("CPU (f32, {} threads, {})", rayon::current_num_threads(), simd())
+}
+
+/// The widest vector instructions this CPU offers the GEMM kernels.
+pub fn simd() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return "AVX2+FMA";
+        }
+        "SSE2"
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "NEON"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "scalar"
+    }
+}
+
+/// Query tiles (rows of the hf×wf grid) × key tiles (rows of the ph×pw patch grid), each with
+/// its fuse halos (SPEC §T, §T2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tiling {
+    /// Query tiles, in ascending row order.
+    pub query: Vec<Tile>,
+    /// Key tiles, in ascending row order.
+    pub keys: Vec<Tile>,
+}
+
+impl Tiling {
+    /// Tiles of exactly `query_rows` and `key_rows` rows (the last of each may have fewer).
+    pub fn with_rows(g: &Geometry, query_rows: usize, key_rows: usize) -> Tiling {
+        Tiling {
+            query: RowNeeds::on_grid(g.fuse, g.hf, g.wf).tiles(query_rows.clamp(1, g.hf)),
+            keys: RowNeeds::on_grid(g.fuse, g.ph, g.pw).tiles(key_rows.clamp(1, g.ph)),
+        }
+    }
+
+    /// The cheapest tiling whose working set fits `budget` bytes; `query_rows` fixes the query
+    /// tiles' rows. Cost: the scores GEMM including halos, the fuse passes and the panel gathers
+    /// (the paste GEMM costs the same for every tiling).
+    pub fn new(g: &Geometry, budget: u64, query_rows: Option<usize>) -> Result<Tiling> {
+        let query_needs = RowNeeds::on_grid(g.fuse, g.hf, g.wf);
+        let key_needs = RowNeeds::on_grid(g.fuse, g.ph, g.pw);
+        let candidates = |h: usize| -> Vec<usize> {
+            let mut rows: Vec<usize> = (1..=h).map(|n| h.div_ceil(n)).collect();
+            rows.dedup();
+            rows
+        };
+        let query_candidates = match query_rows {
+            Some(rows) => vec![rows.clamp(1, g.hf)],
+            None => candidates(g.hf),
+        };
+        let key_options: Vec<(usize, Vec<Tile>)> =
+            candidates(g.ph).into_iter().map(|rows| (rows, key_needs.tiles(rows))).collect();
+        let mut best: Option<(f64, Tiling)> = None;
+        let mut smallest = u64::MAX;
+        for rows in query_candidates {
+            let query = query_needs.tiles(rows);
+            for (_, keys) in &key_options {
+                let tiling = Tiling { query: query.clone(), keys: keys.clone() };
+                let bytes = tiling.bytes(g);
+                smallest = smallest.min(bytes);
+                if bytes > budget {
+                    continue;
+                }
+                let cost = tiling.cost(g);
+                if best.as_ref().is_none_or(|(c, _)| cost < *c) {
+                    best = Some((cost, tiling));
+                }
+            }
+        }
+        best.map(|(_, t)| t).ok_or(Error::MemoryBudget { budget, needed: smallest })
+    }
+
+    /// The tiling a call uses: under `budget` (the default budget if `None`), or with
+    /// `query_rows` rows per query tile.
+    pub fn for_call(g: &Geometry, budget: Option<u64>, query_rows: Option<usize>) -> Result<Tiling> {
+        match (budget, query_rows) {
+            (Some(budget), rows) => Tiling::new(g, budget, rows),
+            // The default budget is a target: if nothing fits, the smallest tiles still run.
+            (None, rows) => Tiling::new(g, DEFAULT_MEMORY_BUDGET, rows).or_else(|e| match e {
+                Error::MemoryBudget { .. } => Ok(Tiling::with_rows(g, rows.unwrap_or(1), 1)),
+                e => Err(e),
+            }),
+        }
+    }
+
+    /// Largest sizes over the tiles of one side: (tile positions, first-pass positions, raw positions).
+    fn largest(tiles: &[Tile], w: usize) -> (usize, usize, usize) {
+        tiles.iter().fold((0, 0, 0), |(a, b, c), t| {
+            (a.max(t.rows.len() * w), b.max(t.pass1_rows.len() * w), c.max(t.raw_rows.len() * w))
+        })
+    }
+
+    /// The working set of one query tile × key tile, in bytes (f32 panels and scores; the raw
+    /// scores' buffer is reused for the second fuse pass and the weights).
+    pub fn bytes(&self, g: &Geometry) -> u64 {
+        let (nq, nq1, nq_raw) = Self::largest(&self.query, g.wf);
+        let (nk, nk1, nk_raw) = Self::largest(&self.keys, g.pw);
+        let (d, p) = (g.match_len(), g.raw_len());
+        let floats = nq_raw * d + nk_raw * d + (nq_raw * nk_raw).max(nq * nk) + nq1 * nk1 + nk * p + nq * p;
+        4 * floats as u64 + 4 * (3 * g.patches() + 8 * nq) as u64
+    }
+
+    /// Estimated work in flop-equivalents (see [`Tiling::new`]).
+    fn cost(&self, g: &Geometry) -> f64 {
+        let sum =
+            |tiles: &[Tile], w: usize, f: fn(&Tile) -> usize| tiles.iter().map(|t| (f(t) * w) as f64).sum::<f64>();
+        let (q_raw, k_raw) =
+            (sum(&self.query, g.wf, |t| t.raw_rows.len()), sum(&self.keys, g.pw, |t| t.raw_rows.len()));
+        let (q1, k1) = (sum(&self.query, g.wf, |t| t.pass1_rows.len()), sum(&self.keys, g.pw, |t| t.pass1_rows.len()));
+        let fk = g.fuse.map_or(0, |f| f.k) as f64;
+        let scores = 2.0 * g.match_len() as f64 * q_raw * k_raw;
+        let fuse = 4.0 * fk * (q1 * k1 + (g.queries() * g.patches()) as f64);
+        // Gathers are memory-bound: count each float moved as a few flops.
+        let gathers = 8.0
+            * (self.query.len() as f64 * k_raw * g.match_len() as f64
+                + self.query.len() as f64 * (g.patches() * g.raw_len()) as f64);
+        let per_pair = 2e5 * (self.query.len() * self.keys.len()) as f64;
+        scores + fuse + gathers + per_pair
+    }
+}
+
+/// Buffers reused from tile to tile.
+#[derive(Default)]
+struct Workspace {
+    query_patches: Vec<f32>,
+    matching_patches: Vec<f32>,
+    raw_patches: Vec<f32>,
+    /// Raw scores, then the fused scores, then the paste weights.
+    scores: Vec<f32>,
+    first_fuse_pass: Vec<f32>,
+}
+
+/// One batch item's inputs as the tiles read them.
+struct Item<'a> {
+    g: &'a Geometry,
+    params: &'a Params,
+    downscaled_f: Image<'a>,
+    downscaled_b: Image<'a>,
+    b: Image<'a>,
+    norms: &'a [f32],
+    validity: &'a [f32],
+}
+
+/// What a query tile gives: pasted columns `[rows·wf, K·K·C]`, argmax and mass per query.
+struct TileResult {
+    pasted_columns: Vec<f32>,
+    argmax: Vec<u32>,
+    mass: Vec<f32>,
+}
+
+impl Item<'_> {
+    /// One query tile against every key tile. `inspected` are (row in the tile, row in
+    /// `attention_rows`) of the inspected queries; their attention rows are written there.
+    fn query_tile(
+        &self,
+        qt: &Tile,
+        keys: &[Tile],
+        ws: &mut Workspace,
+        inspected: &[(u32, u32)],
+        attention_rows: &mut [f32],
+    ) -> TileResult {
+        let g = self.g;
+        let (wf, pw, d, p, l) = (g.wf, g.pw, g.match_len(), g.raw_len(), g.patches());
+        let (scale, masking) = (self.params.softmax_scale, self.params.masking);
+        let nq = qt.rows.len() * wf;
+        let nq_raw = qt.raw_rows.len() * wf;
+        let q_rows: Vec<usize> = qt.rows.clone().collect();
+        panels::query_patches(self.downscaled_f, g, &qt.raw_rows, &mut ws.query_patches);
+        let mut rows = vec![Row::default(); nq];
+        let mut acc = vec![0.0f32; nq * p];
+        for kt in keys {
+            let (nk, nk_raw) = (kt.rows.len() * pw, kt.raw_rows.len() * pw);
+            panels::matching_patches(self.downscaled_b, g, &kt.raw_rows, self.norms, &mut ws.matching_patches);
+            ws.scores.resize((nq_raw * nk_raw).max(nq * nk), 0.0);
+            gemm::scores(&ws.query_patches, &ws.matching_patches, &mut ws.scores, nq_raw, nk_raw, d);
+            if g.fuse.is_some() {
+                let k_rows: Vec<usize> = kt.rows.clone().collect();
+                ws.first_fuse_pass.resize(qt.pass1_rows.len() * wf * kt.pass1_rows.len() * pw, 0.0);
+                let (raw, first) = (&qt.raw_rows[..], &qt.pass1_rows[..]);
+                fuse::pass(
+                    g,
+                    FusePass::Rows,
+                    &ws.scores,
+                    (raw, &kt.raw_rows),
+                    &mut ws.first_fuse_pass,
+                    (first, &kt.pass1_rows),
+                );
+                fuse::pass(
+                    g,
+                    FusePass::Cols,
+                    &ws.first_fuse_pass,
+                    (first, &kt.pass1_rows),
+                    &mut ws.scores,
+                    (&q_rows, &k_rows),
+                );
+            }
+            let scores = &mut ws.scores[..nq * nk];
+            let first = kt.rows.start * pw;
+            // Inspected queries keep their scores until the softmax's maximum and sum are known.
+            for &(row, dst) in inspected {
+                attention_rows[dst as usize * l + first..][..nk].copy_from_slice(&scores[row as usize * nk..][..nk]);
+            }
+            let validity = &self.validity[first..first + nk];
+            softmax::update(scores, nk, validity, first as u32, scale, masking, &mut rows);
+            acc.par_chunks_mut(p).zip(&rows).filter(|(_, r)| r.rescale != 1.0).for_each(|(a, r)| {
+                a.iter_mut().for_each(|x| *x *= r.rescale);
+            });
+            panels::raw_patches(self.b, g, kt.rows.clone(), &mut ws.raw_patches);
+            gemm::accumulate(scores, &ws.raw_patches, &mut acc, nq, p, nk);
+        }
+        let finished: Vec<(f32, u32, f32)> = rows.iter().map(Row::finish).collect();
+        acc.par_chunks_mut(p).zip(&finished).for_each(|(a, &(sum, _, _))| {
+            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+            a.iter_mut().for_each(|x| *x *= inv);
+        });
+        for &(row, dst) in inspected {
+            let state = &rows[row as usize];
+            let out = &mut attention_rows[dst as usize * l..][..l];
+            for (a, &m) in out.iter_mut().zip(self.validity) {
+                *a = state.attention(softmax::logit(*a, m, scale, masking), m);
+            }
+        }
+        TileResult {
+            pasted_columns: acc,
+            argmax: finished.iter().map(|f| f.1).collect(),
+            mass: finished.iter().map(|f| f.2).collect(),
+        }
+    }
+}
+
+/// The whole layer on the fast CPU path (see the module's header); the arguments as
+/// [`reference::forward`]'s, with a [`Tiling`] for the plan.
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    params: &Params,
+    g: &Geometry,
+    tiling: &Tiling,
+    f: &Tensor,
+    b: &Tensor,
+    mask: Option<&Tensor>,
+    queries: &[(usize, usize)],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Output> {
+    g.check_queries(queries)?;
+    let (c, l) = (g.channels, g.patches());
+    let ((hf_full, wf_full), (hb_full, wb_full)) = (g.f_size, g.b_size);
+    let (f_len, b_len) = (hf_full * wf_full * c, hb_full * wb_full * c);
+    let mut y_all = Vec::with_capacity(g.batch * f_len);
+    let mut argmax = Vec::with_capacity(g.batch * g.queries());
+    let mut mass = Vec::with_capacity(g.batch * g.queries());
+    let mut attention_rows = vec![0.0f32; g.batch * queries.len() * l];
+    let mut validity = vec![1.0f32; l];
+    let mut ws = Workspace::default();
+    let (mut done, total) = (0, g.batch * tiling.query.len());
+    for n in 0..g.batch {
+        let f_item = &f.data()[n * f_len..(n + 1) * f_len];
+        let b_item = &b.data()[n * b_len..(n + 1) * b_len];
+        let downscaled_f = panels::downscale(f_item, wf_full, c, &g.f_rows, &g.f_cols);
+        let downscaled_b = panels::downscale(b_item, wb_full, c, &g.b_rows, &g.b_cols);
+        if let Some(mask) = mask.filter(|_| g.mask_batch > 1 || n == 0) {
+            // The mask is one channel and read once per item: the twin's f64 stages cost nothing here.
+            let m = if g.mask_batch > 1 { n } else { 0 };
+            let item: Vec<f64> = mask.item(m).data().iter().map(|&v| v as f64).collect();
+            let downscaled = reference::downscale(&item, wb_full, 1, &g.b_rows, &g.b_cols);
+            validity = reference::mask_validity(&downscaled, g).iter().map(|&v| v as f32).collect();
+        }
+        let downscaled_b = Image { data: &downscaled_b, h: g.hb, w: g.wb, c };
+        let norms = panels::norms(downscaled_b, g);
+        let item = Item {
+            g,
+            params,
+            downscaled_f: Image { data: &downscaled_f, h: g.hf, w: g.wf, c },
+            downscaled_b,
+            b: Image { data: b_item, h: hb_full, w: wb_full, c },
+            norms: &norms,
+            validity: &validity,
+        };
+        let mut y = vec![0.0f32; f_len];
+        let item_rows = &mut attention_rows[n * queries.len() * l..(n + 1) * queries.len() * l];
+        for qt in &tiling.query {
+            let inspected = inspected_in(qt, g.wf, queries);
+            let r = item.query_tile(qt, &tiling.keys, &mut ws, &inspected, item_rows);
+            reference::fold(&r.pasted_columns, qt.rows.clone(), g, &mut y);
+            argmax.extend(r.argmax);
+            mass.extend(r.mass);
+            done += 1;
+            progress(done, total);
+        }
+        reference::normalize(&mut y, g, params.overlap);
+        y_all.extend(y);
+    }
+    let y = Tensor::new([g.batch, hf_full, wf_full, c], y_all)?;
+    let mut out = Output::new(g, y, argmax, mass);
+    out.queries = queries.to_vec();
+    out.attention_rows = attention_rows;
+    Ok(out)
+}

@@ -1,0 +1,182 @@
+//! The fast CPU backend (`Backend::Cpu`, issue 8) beyond the grid and goldens it shares with the
+//! GPU (`tests/layer.rs`, `tests/golden.rs`): random configurations of every parameter under
+//! random query × key tilings against the twin, the same bits for any thread count, tiling
+//! invariance over query and key tiles (wrap-around halos included), inspected attention rows,
+//! progress, and the memory budget.
+
+mod common;
+
+use common::{assert_close, bits, max_abs, relu_features, square_hole, to_f64, Rng};
+use contextual_attention::cpu::{self, Tiling};
+use contextual_attention::{
+    ContextualAttention, FuseMode, Geometry, Masking, Output, Overlap, Params, RunOptions, Tensor,
+};
+
+/// The CPU backend with an explicit tiling.
+fn run_tiled(
+    p: &Params,
+    f: &Tensor,
+    b: &Tensor,
+    mask: Option<&Tensor>,
+    rows: (usize, usize),
+    queries: &[(usize, usize)],
+) -> Output {
+    let g = Geometry::new(p, f.shape(), b.shape(), mask.map(|m| m.shape())).unwrap();
+    let tiling = Tiling::with_rows(&g, rows.0, rows.1);
+    cpu::forward(p, &g, &tiling, f, b, mask, queries, &mut |_, _| {}).unwrap()
+}
+
+/// Same y within 1e-6 relative of max |y|, identical argmax, mass within 1e-6.
+fn assert_same(what: &str, a: &Output, b: &Output) {
+    let ymax = max_abs(a.y.data()).max(1e-30);
+    assert_close(&format!("{what}: y"), b.y.data(), &to_f64(a.y.data()), 1e-6 * ymax, 0.0);
+    assert_eq!(a.argmax, b.argmax, "{what}: argmax");
+    assert_close(&format!("{what}: mass"), &b.mass, &to_f64(&a.mass), 1e-6, 0.0);
+}
+
+#[test]
+fn random_configurations_and_tilings_agree_with_the_twin() {
+    let mut rng = Rng::new("cpu_fuzz");
+    let mut checked = 0;
+    for it in 0..150 {
+        let rate = 1 + rng.below(3);
+        let stride = if rng.below(3) == 0 { 1 + rng.below(3) } else { 1 };
+        let params = Params {
+            rate,
+            stride,
+            ksize: 1 + rng.below(5),
+            fuse: rng.below(4) != 0,
+            fuse_k: 1 + rng.below(5),
+            paste_kernel: (rng.below(3) == 0).then(|| rate + rng.below(2 * rate + 1)),
+            overlap: if rng.below(2) == 0 { Overlap::Quarter } else { Overlap::Exact },
+            masking: if rng.below(2) == 0 { Masking::ZeroLogit } else { Masking::Exclude },
+            fuse_mode: if rng.below(2) == 0 { FuseMode::Wrap } else { FuseMode::Spatial },
+            softmax_scale: [0.5, 10.0, 100.0][rng.below(3)],
+            ..Default::default()
+        };
+        let (batch, c) = (1 + rng.below(2), 1 + rng.below(4));
+        let mut side = || (1 + rng.below(7)) * rate;
+        let (hf, wf, hb, wb) = (side(), side(), side(), side());
+        let f = rng.tensor([batch, hf, wf, c], -1.0, 1.0);
+        let b = rng.tensor([batch, hb, wb, c], -1.0, 1.0);
+        let mask_batch = if rng.below(2) == 0 { 1 } else { batch };
+        let mask = (rng.below(3) != 0).then(|| {
+            let ones: Vec<f32> = (0..mask_batch * hb * wb).map(|_| (rng.below(4) == 0) as u8 as f32).collect();
+            Tensor::new([mask_batch, hb, wb, 1], ones).unwrap()
+        });
+        let rows = (1 + rng.below(3), 1 + rng.below(3));
+        let what = format!(
+            "case {it}: {params:?}, f {:?}, b {:?}, mask {:?}, tiles of {rows:?} rows",
+            f.shape(),
+            b.shape(),
+            mask.as_ref().map(|m| m.shape())
+        );
+        let twin = ContextualAttention::reference(params.clone()).unwrap().forward(&f, &b, mask.as_ref());
+        let Ok(twin) = twin else {
+            // Invalid sizes: the CPU backend refuses them with the same message.
+            let e = ContextualAttention::cpu(params).unwrap().forward(&f, &b, mask.as_ref()).err();
+            assert_eq!(e.map(|e| e.to_string()), twin.err().map(|e| e.to_string()), "{what}");
+            continue;
+        };
+        let out = run_tiled(&params, &f, &b, mask.as_ref(), rows, &[]);
+        let scale = max_abs(twin.y.data()).max(1e-6);
+        assert_close(&format!("{what}: y"), out.y.data(), &to_f64(twin.y.data()), 1e-5 * scale, 0.0);
+        assert_close(&format!("{what}: mass"), &out.mass, &to_f64(&twin.mass), 1e-5, 0.0);
+        checked += 1;
+    }
+    assert!(checked >= 100, "only {checked} of 150 random cases were valid");
+}
+
+#[test]
+fn same_bits_for_any_thread_count() {
+    let mut rng = Rng::new("cpu_threads");
+    let shape = [2, 48, 40, 24];
+    let x = relu_features(&mut rng, shape);
+    let hole = square_hole(48, 40, 12, 10, 20);
+    let p = Params { rate: 2, ..Default::default() };
+    let layer = ContextualAttention::cpu(p).unwrap();
+    let queries = [(3, 4), (20, 1)];
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| layer.forward_inspect(&x, &x, Some(&hole), &queries).unwrap())
+    };
+    let one = run(1);
+    for threads in [2, 3, 5] {
+        let other = run(threads);
+        assert_eq!(bits(one.y.data()), bits(other.y.data()), "y with {threads} threads");
+        assert_eq!(one.argmax, other.argmax, "argmax with {threads} threads");
+        assert_eq!(bits(&one.mass), bits(&other.mass), "mass with {threads} threads");
+        assert_eq!(bits(&one.attention_rows), bits(&other.attention_rows), "attention rows with {threads} threads");
+    }
+}
+
+#[test]
+fn query_and_key_tiles_do_not_change_the_result() {
+    let mut rng = Rng::new("cpu_tiling");
+    // f ≠ b sizes, wrap-around fuse (halos across the grid's ends), a hole, per-sample masks.
+    let f = relu_features(&mut rng, [2, 26, 30, 8]);
+    let b = relu_features(&mut rng, [2, 34, 22, 8]);
+    let mask = common::concat_batch(&[square_hole(34, 22, 6, 4, 12), square_hole(34, 22, 14, 8, 10)]);
+    for (fuse_k, mode, masking) in [
+        (3, FuseMode::Wrap, Masking::ZeroLogit),
+        (5, FuseMode::Wrap, Masking::Exclude),
+        (2, FuseMode::Spatial, Masking::ZeroLogit),
+    ] {
+        let p = Params { rate: 2, fuse_k, fuse_mode: mode, masking, ..Default::default() };
+        let whole = run_tiled(&p, &f, &b, Some(&mask), (usize::MAX, usize::MAX), &[]);
+        let twin = ContextualAttention::reference(p.clone()).unwrap().forward(&f, &b, Some(&mask)).unwrap();
+        assert_close("whole vs twin: y", whole.y.data(), &to_f64(twin.y.data()), 1e-5 * max_abs(twin.y.data()), 0.0);
+        for rows in [(1, 1), (2, 3), (5, 1), (1, 4), (13, 17), (3, usize::MAX)] {
+            let tiled = run_tiled(&p, &f, &b, Some(&mask), rows, &[]);
+            assert_same(
+                &format!("fk {fuse_k} {mode:?} {masking:?}: tiles of {rows:?} rows vs one tile"),
+                &whole,
+                &tiled,
+            );
+        }
+    }
+}
+
+#[test]
+fn inspected_attention_rows_and_progress_match_the_twin() {
+    let mut rng = Rng::new("cpu_inspect");
+    let x = relu_features(&mut rng, [2, 32, 24, 6]);
+    let hole = square_hole(32, 24, 8, 6, 12);
+    let p = Params { rate: 2, softmax_scale: 0.5, ..Default::default() };
+    let queries = [(0, 0), (7, 11), (15, 3)];
+    let twin =
+        ContextualAttention::reference(p.clone()).unwrap().forward_inspect(&x, &x, Some(&hole), &queries).unwrap();
+    for rows in [(16, 12), (3, 2)] {
+        let out = run_tiled(&p, &x, &x, Some(&hole), rows, &queries);
+        assert_eq!(out.attention_rows.len(), twin.attention_rows.len());
+        assert_close(
+            &format!("attention rows, tiles {rows:?}"),
+            &out.attention_rows,
+            &to_f64(&twin.attention_rows),
+            1e-6,
+            1e-5,
+        );
+    }
+    let calls = std::cell::RefCell::new(Vec::new());
+    let layer = ContextualAttention::cpu(Params { memory_budget: Some(64 << 10), ..p }).unwrap();
+    let progress = |done, total| calls.borrow_mut().push((done, total));
+    let out = layer.run(&x, &x, Some(&hole), &RunOptions::new().progress(&progress).queries(&queries)).unwrap();
+    assert_close("attention rows under a budget", &out.attention_rows, &to_f64(&twin.attention_rows), 1e-6, 1e-5);
+    let calls = calls.into_inner();
+    let total = calls.last().unwrap().1;
+    assert!(total >= 4, "a 64 KiB budget splits 2 items into several tiles, got {total}");
+    assert_eq!(calls, (1..=total).map(|d| (d, total)).collect::<Vec<_>>(), "progress counts every tile once");
+}
+
+#[test]
+fn tiling_fits_the_budget_and_bounds_key_buffers() {
+    let p = Params { rate: 1, ..Default::default() };
+    let g = Geometry::new(&p, [1, 128, 128, 128], [1, 128, 128, 128], Some([1, 128, 128, 1])).unwrap();
+    for budget in [16u64 << 20, 64 << 20, 256 << 20] {
+        let t = Tiling::new(&g, budget, None).unwrap();
+        assert!(t.bytes(&g) <= budget, "{budget}: {} B", t.bytes(&g));
+        assert!(t.keys.len() > 1, "{budget} B for 16384 patches needs key tiles");
+    }
+    let e = Tiling::new(&g, 1 << 20, None).unwrap_err().to_string();
+    assert!(e.contains("memory budget"), "{e}");
+}
