@@ -1,4 +1,6 @@
-//! Standard benchmark sizes, shared by `contextual-attention bench` and the criterion benches.
+//! Standard benchmark sizes, shared by `contextual-attention bench` and the criterion benches,
+//! with what a benchmark reports beside times: the machine's estimated f32 peak and the
+//! process's peak memory.
 
 use crate::params::Params;
 use crate::tensor::Tensor;
@@ -44,13 +46,82 @@ impl BenchCase {
     }
 }
 
-/// The standard sizes: DeepFill v1 at a 256² input (64×64×128, rate 2, fuse, 32×32 hole),
-/// DeepFill v2 (64×64×96), and 128×128×64 at rate 2.
+/// The standard sizes (issue 8), each self-attention with a centred hole of half the side and
+/// fuse on: DeepFill v1 at a 256² input (64×64×128, rate 2), 128×128×64 at rate 2, and
+/// 128×128×128 at rate 1 (16,384 queries × 16,384 patches).
 pub fn standard_cases() -> Vec<BenchCase> {
-    let model = Params { rate: 2, ..Default::default() };
     vec![
-        BenchCase { name: "deepfill-v1-256", shape: [1, 64, 64, 128], params: model.clone(), hole: 32 },
-        BenchCase { name: "deepfill-v2-256", shape: [1, 64, 64, 96], params: model.clone(), hole: 32 },
-        BenchCase { name: "features-128", shape: [1, 128, 128, 64], params: model, hole: 64 },
+        BenchCase::sized("deepfill-v1-256", [64, 64, 128], 2),
+        BenchCase::sized("features-128-r2", [128, 128, 64], 2),
+        BenchCase::sized("features-128-r1", [128, 128, 128], 1),
     ]
+}
+
+impl BenchCase {
+    /// A case of `[H, W, C]` at `rate`, hole of half the shorter side, default parameters otherwise.
+    pub fn sized(name: &'static str, [h, w, c]: [usize; 3], rate: usize) -> BenchCase {
+        BenchCase { name, shape: [1, h, w, c], params: Params { rate, ..Default::default() }, hole: h.min(w) / 2 }
+    }
+
+    /// Parses `HxWxC:RATE` (e.g. `64x64x128:2`).
+    pub fn parse(text: &str) -> Result<BenchCase, String> {
+        let bad = || format!("case `{text}`: expected HxWxC:RATE, e.g. 64x64x128:2");
+        let (size, rate) = text.split_once(':').ok_or_else(bad)?;
+        let dims: Vec<usize> =
+            size.split('x').map(|d| d.trim().parse()).collect::<Result<_, _>>().map_err(|_| bad())?;
+        let rate: usize = rate.trim().parse().map_err(|_| bad())?;
+        if dims.len() != 3 || dims.contains(&0) || rate == 0 {
+            return Err(bad());
+        }
+        Ok(BenchCase::sized("custom", [dims[0], dims[1], dims[2]], rate))
+    }
+}
+
+/// This machine's f32 peak in GFLOP/s, estimated as threads × f32 SIMD lanes × 2 FMA units ×
+/// 2 flops × clock, and how: the clock is /proc/cpuinfo's `cpu MHz` (what the kernel reports,
+/// which on a virtual machine is usually the nominal clock). `None` where the clock is unknown.
+pub fn cpu_peak_gflops() -> Option<(f64, String)> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let simd = crate::cpu::simd();
+    let lanes = match simd {
+        "AVX-512" => 16,
+        "AVX2+FMA" => 8,
+        "scalar" => 1,
+        _ => 4,
+    };
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    let peak = threads as f64 * lanes as f64 * 2.0 * 2.0 * mhz / 1e3;
+    Some((
+        peak,
+        format!("{threads} threads × {lanes} f32 lanes ({simd}) × 2 FMA units × 2 flops × {:.2} GHz (/proc/cpuinfo) = {peak:.0} GFLOP/s", mhz / 1e3),
+    ))
+}
+
+/// The process's peak resident memory, restartable: [`PeakMemory::start`] resets the kernel's
+/// high-water mark (Linux: `/proc/self/clear_refs`), [`PeakMemory::finish`] reads it back.
+/// Elsewhere both give `None`.
+pub struct PeakMemory {
+    baseline: Option<u64>,
+}
+
+fn status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl PeakMemory {
+    /// Resets the high-water mark to the present resident size and remembers that size.
+    pub fn start() -> PeakMemory {
+        let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+        PeakMemory { baseline: if reset { status_kib("VmRSS:").map(|k| k << 10) } else { None } }
+    }
+
+    /// (process peak, peak − the resident size at start) in bytes since [`PeakMemory::start`].
+    pub fn finish(&self) -> Option<(u64, u64)> {
+        let baseline = self.baseline?;
+        let peak = status_kib("VmHWM:")? << 10;
+        Some((peak, peak.saturating_sub(baseline)))
+    }
 }

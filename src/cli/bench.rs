@@ -1,25 +1,41 @@
-//! `contextual-attention bench`: GPU against the CPU twin on the standard sizes.
+//! `contextual-attention bench`: the backends on the standard sizes (or the `--case`s given),
+//! with GFLOP/s, the fraction of this machine's f32 peak (CPU rows) and the process's peak memory.
 
-use clap::Args;
-use contextual_attention::bench::{standard_cases, BenchCase};
-use contextual_attention::{ContextualAttention, Geometry, Gpu, Tensor};
+use clap::{Args, ValueEnum};
+use contextual_attention::bench::{cpu_peak_gflops, standard_cases, BenchCase, PeakMemory};
+use contextual_attention::{Backend, ContextualAttention, Geometry, Gpu, Tensor};
 
 use super::{ms, progress, timed, CliResult};
 
+/// A backend to benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchBackend {
+    /// WGSL compute shaders through wgpu.
+    Gpu,
+    /// The fast CPU path (f32).
+    Cpu,
+    /// The CPU twin (f64, slow: minutes at 128×128×128 rate 1).
+    Reference,
+}
+
 #[derive(Args)]
 pub struct BenchArgs {
-    /// One run per size and backend, no warm-up, DeepFill sizes only on the CPU twin (under 2 minutes on a software Vulkan).
+    /// Backends, comma-separated [default: gpu,cpu; gpu is left out with a note when there is no adapter].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub backend: Vec<BenchBackend>,
+    /// Cases as HxWxC:RATE, each self-attention with a centred hole of half the size, fuse on
+    /// (repeat the flag for several) [default: 64x64x128:2, 128x128x64:2, 128x128x128:1].
+    #[arg(long = "case", value_parser = BenchCase::parse)]
+    pub cases: Vec<BenchCase>,
+    /// One run per case and backend, no warm-up.
     #[arg(long)]
     pub quick: bool,
     /// Print the rows as a JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Timed runs per size and backend (the median is reported).
+    /// Timed runs per case and backend (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
-    /// Skip the CPU twin.
-    #[arg(long)]
-    pub no_cpu: bool,
 }
 
 struct Row {
@@ -28,11 +44,16 @@ struct Row {
     backend: &'static str,
     adapter: String,
     median_ms: f64,
-    /// median time of the compute pass alone (GPU rows, where timestamps exist)
+    /// Median time of the compute pass alone (GPU rows, where timestamps exist).
     pass_ms: Option<f64>,
     gflops: f64,
+    /// GFLOP/s over the machine's estimated f32 peak (CPU rows).
+    peak_fraction: Option<f64>,
+    /// Process peak and peak − resident size before the runs, in bytes.
+    memory: Option<(u64, u64)>,
+    /// The reference's time over this row's (when the reference ran).
     speedup: Option<f64>,
-    /// max |y_GPU − y_CPU twin| (GPU rows, when the twin ran)
+    /// max |y − y_reference| (when the reference ran).
     max_abs_err: Option<f64>,
 }
 
@@ -47,14 +68,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Median wall time in ms over `repeats` runs after `warmup` runs, the median time of the
-/// compute pass (timestamp queries, where the device has them), and the last run's output.
+/// compute pass (timestamp queries, where the device has them), the memory the runs took, and
+/// the last run's output.
 fn measure(
     layer: &ContextualAttention,
     case: &BenchCase,
     warmup: usize,
     repeats: usize,
-) -> CliResult<(f64, Option<f64>, Tensor)> {
+) -> CliResult<(f64, Option<f64>, Option<(u64, u64)>, Tensor)> {
     let (x, mask) = case.inputs();
+    let memory = PeakMemory::start();
     for _ in 0..warmup {
         layer.forward(&x, &x, mask.as_ref())?;
     }
@@ -69,7 +92,7 @@ fn measure(
         times.push(ms(t));
     }
     let pass = (pass_times.len() == repeats).then(|| median(pass_times));
-    Ok((median(times), pass, last.expect("at least one run")))
+    Ok((median(times), pass, memory.finish(), last.expect("at least one run")))
 }
 
 fn json_str(s: &str) -> String {
@@ -86,59 +109,77 @@ fn json_str(s: &str) -> String {
     out
 }
 
+fn json_num(v: Option<f64>, digits: usize) -> String {
+    v.map_or("null".to_string(), |v| format!("{v:.digits$}"))
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
 /// `contextual-attention bench`.
 pub fn run(a: BenchArgs) -> CliResult {
-    let gpu = Gpu::new()?;
-    let adapter = gpu.describe();
+    let explicit = !a.backend.is_empty();
+    let mut backends = if explicit { a.backend.clone() } else { vec![BenchBackend::Gpu, BenchBackend::Cpu] };
+    backends.dedup();
+    let gpu = if backends.contains(&BenchBackend::Gpu) {
+        match Gpu::new() {
+            Ok(gpu) => Some(gpu),
+            Err(e) if !explicit => {
+                eprintln!("note: no GPU row ({e}); `--backend cpu,reference` says so explicitly");
+                backends.retain(|b| *b != BenchBackend::Gpu);
+                None
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    // The reference runs first, so that the other rows can be compared with it.
+    backends.sort_by_key(|b| *b != BenchBackend::Reference);
+    let peak = cpu_peak_gflops();
     let (warmup, repeats) = if a.quick { (0, 1) } else { (1, a.repeats.max(1)) };
-    let cases = standard_cases();
-    let cpu_cases = |c: &BenchCase| !a.no_cpu && (!a.quick || c.name.starts_with("deepfill"));
-    let runs = cases.iter().map(|c| 1 + cpu_cases(c) as u64).sum();
-    let bar = progress(runs, "bench");
-    let mut rows = Vec::new();
+    let cases = if a.cases.is_empty() { standard_cases() } else { a.cases.clone() };
+    let bar = progress((cases.len() * backends.len()) as u64, "bench");
+    let mut rows: Vec<Row> = Vec::new();
     for case in &cases {
         let (x, mask) = case.inputs();
         let g = Geometry::new(&case.params, x.shape(), x.shape(), mask.as_ref().map(|m| m.shape()))?;
         let gflop = g.flops() / 1e9;
-        bar.set_message(format!("{} on GPU", case.name));
-        let layer = ContextualAttention::new(&gpu, case.params.clone())?;
-        let (gpu_ms, pass_ms, gpu_y) = measure(&layer, case, warmup, repeats)?;
-        bar.inc(1);
-        let cpu = if cpu_cases(case) {
-            bar.set_message(format!("{} on CPU twin", case.name));
-            let (t, _, y) = measure(&ContextualAttention::reference(case.params.clone())?, case, 0, repeats)?;
+        let mut reference: Option<(f64, Tensor)> = None;
+        for &backend in &backends {
+            let (name, layer_backend) = match backend {
+                BenchBackend::Gpu => ("gpu", Backend::Gpu(gpu.clone().expect("GPU created above"))),
+                BenchBackend::Cpu => ("cpu", Backend::Cpu),
+                BenchBackend::Reference => ("reference", Backend::Reference),
+            };
+            bar.set_message(format!("{} {} on {name}", case.name, case.size_label()));
+            let layer = ContextualAttention::with_backend(layer_backend, case.params.clone())?;
+            // The reference is slow: one run, no warm-up.
+            let (w, n) = if backend == BenchBackend::Reference { (0, 1) } else { (warmup, repeats) };
+            let (median_ms, pass_ms, memory, y) = measure(&layer, case, w, n)?;
             bar.inc(1);
-            Some((t, gpu_y.max_abs_diff(&y)? as f64))
-        } else {
-            None
-        };
-        let cpu_ms = cpu.map(|c| c.0);
-        rows.push(Row {
-            case: case.name,
-            size: case.size_label(),
-            backend: "gpu",
-            adapter: adapter.clone(),
-            median_ms: gpu_ms,
-            pass_ms,
-            gflops: gflop / (gpu_ms / 1e3),
-            speedup: cpu_ms.map(|c| c / gpu_ms),
-            max_abs_err: cpu.map(|c| c.1),
-        });
-        if let Some(c) = cpu_ms {
+            let gflops = gflop / (median_ms / 1e3);
+            let on_cpu = backend != BenchBackend::Gpu;
             rows.push(Row {
                 case: case.name,
                 size: case.size_label(),
-                backend: "cpu",
-                adapter: format!(
-                    "CPU twin (f64, {} threads)",
-                    std::thread::available_parallelism().map_or(1, |n| n.get())
-                ),
-                median_ms: c,
-                pass_ms: None,
-                gflops: gflop / (c / 1e3),
-                speedup: None,
-                max_abs_err: None,
+                backend: name,
+                adapter: layer.describe_backend(),
+                median_ms,
+                pass_ms,
+                gflops,
+                peak_fraction: peak.as_ref().filter(|_| on_cpu).map(|(p, _)| gflops / p),
+                memory,
+                speedup: reference.as_ref().filter(|_| backend != BenchBackend::Reference).map(|r| r.0 / median_ms),
+                max_abs_err: match &reference {
+                    Some((_, ry)) if backend != BenchBackend::Reference => Some(y.max_abs_diff(ry)? as f64),
+                    _ => None,
+                },
             });
+            if backend == BenchBackend::Reference {
+                reference = Some((median_ms, y));
+            }
         }
     }
     bar.finish_and_clear();
@@ -147,27 +188,34 @@ pub fn run(a: BenchArgs) -> CliResult {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"case\":{},\"size\":{},\"backend\":{},\"adapter\":{},\"median_ms\":{:.3},\"pass_ms\":{},\"gflops\":{:.3},\"speedup\":{},\"max_abs_err\":{}}}",
+                    "{{\"case\":{},\"size\":{},\"backend\":{},\"adapter\":{},\"median_ms\":{:.3},\"pass_ms\":{},\"gflops\":{:.3},\"peak_fraction\":{},\"peak_rss_mb\":{},\"op_mb\":{},\"speedup\":{},\"max_abs_err\":{}}}",
                     json_str(r.case),
                     json_str(&r.size),
                     json_str(r.backend),
                     json_str(&r.adapter),
                     r.median_ms,
-                    r.pass_ms.map_or("null".to_string(), |p| format!("{p:.3}")),
+                    json_num(r.pass_ms, 3),
                     r.gflops,
-                    r.speedup.map_or("null".to_string(), |s| format!("{s:.3}")),
+                    json_num(r.peak_fraction, 4),
+                    json_num(r.memory.map(|m| mb(m.0)), 1),
+                    json_num(r.memory.map(|m| mb(m.1)), 1),
+                    json_num(r.speedup, 3),
                     r.max_abs_err.map_or("null".to_string(), |e| format!("{e:e}"))
                 )
             })
             .collect();
         println!("[{}]", items.join(","));
     } else {
-        println!("adapter: {adapter}; {} timed run(s) per row, {} warm-up", repeats, warmup);
-        println!("| case | size | backend | adapter | median ms | GPU pass ms | GFLOP/s | GPU speed-up | max abs err vs twin |");
-        println!("|---|---|---|---|---:|---:|---:|---:|---:|");
+        println!("{} timed run(s) per row after {} warm-up (the reference: 1, none)", repeats, warmup);
+        match &peak {
+            Some((_, how)) => println!("f32 peak of this machine, estimated: {how}"),
+            None => println!("f32 peak of this machine: unknown (no clock in /proc/cpuinfo)"),
+        }
+        println!("| case | size | backend | adapter | median ms | GPU pass ms | GFLOP/s | of f32 peak | peak MB | op MB | speed-up vs reference | max abs err vs reference |");
+        println!("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &rows {
             println!(
-                "| {} | {} | {} | {} | {:.1} | {} | {:.2} | {} | {} |",
+                "| {} | {} | {} | {} | {:.1} | {} | {:.2} | {} | {} | {} | {} | {} |",
                 r.case,
                 r.size,
                 r.backend,
@@ -175,7 +223,10 @@ pub fn run(a: BenchArgs) -> CliResult {
                 r.median_ms,
                 r.pass_ms.map_or(String::new(), |p| format!("{p:.1}")),
                 r.gflops,
-                r.speedup.map_or(String::new(), |s| format!("{s:.2}×")),
+                r.peak_fraction.map_or(String::new(), |f| format!("{:.0} %", 100.0 * f)),
+                r.memory.map_or(String::new(), |m| format!("{:.0}", mb(m.0))),
+                r.memory.map_or(String::new(), |m| format!("{:.0}", mb(m.1))),
+                r.speedup.map_or(String::new(), |s| format!("{s:.1}×")),
                 r.max_abs_err.map_or(String::new(), |e| format!("{e:.1e}"))
             );
         }
