@@ -106,6 +106,7 @@ pub struct ContextualAttention {
     backend: Backend,
     kernels: Option<Arc<Kernels>>,
     workspace: Mutex<Option<Workspace>>,
+    cpu_workspace: Mutex<cpu::Workspace>,
 }
 
 impl ContextualAttention {
@@ -131,7 +132,13 @@ impl ContextualAttention {
             Backend::Gpu(gpu) => Some(gpu.kernels()?),
             Backend::Cpu | Backend::Reference => None,
         };
-        Ok(ContextualAttention { params, backend, kernels, workspace: Mutex::new(None) })
+        Ok(ContextualAttention {
+            params,
+            backend,
+            kernels,
+            workspace: Mutex::new(None),
+            cpu_workspace: Mutex::new(cpu::Workspace::default()),
+        })
     }
 
     /// The parameters.
@@ -168,7 +175,8 @@ impl ContextualAttention {
                 // Query and key tiles of its own (SPEC §T2), under the same budget.
                 let g = Geometry::new(&self.params, shapes.0, shapes.1, shapes.2)?;
                 let tiling = cpu::Tiling::for_call(&g, self.params.memory_budget, options.tile_rows)?;
-                cpu::forward(&self.params, &g, &tiling, f, b, mask, options.queries, &mut progress)
+                let mut ws = self.cpu_workspace.lock().unwrap_or_else(|p| p.into_inner());
+                cpu::forward(&self.params, &g, &tiling, &mut ws, f, b, mask, options.queries, &mut progress)
             }
             Backend::Reference => {
                 let (g, plan) = self.prepare(shapes.0, shapes.1, shapes.2, options.tile_rows)?;

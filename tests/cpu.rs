@@ -23,7 +23,7 @@ fn run_tiled(
 ) -> Output {
     let g = Geometry::new(p, f.shape(), b.shape(), mask.map(|m| m.shape())).unwrap();
     let tiling = Tiling::with_rows(&g, rows.0, rows.1);
-    cpu::forward(p, &g, &tiling, f, b, mask, queries, &mut |_, _| {}).unwrap()
+    cpu::forward(p, &g, &tiling, &mut cpu::Workspace::default(), f, b, mask, queries, &mut |_, _| {}).unwrap()
 }
 
 /// Same y within 1e-6 relative of max |y|, identical argmax, mass within 1e-6.

@@ -172,15 +172,18 @@ impl Tiling {
     }
 }
 
-/// Buffers reused from tile to tile.
+/// Buffers reused from tile to tile and from call to call (a layer object keeps one), so that
+/// a call of the same sizes allocates nothing large.
 #[derive(Default)]
-struct Workspace {
+pub struct Workspace {
     query_patches: Vec<f32>,
     matching_patches: Vec<f32>,
     raw_patches: Vec<f32>,
     /// Raw scores, then the fused scores, then the paste weights.
     scores: Vec<f32>,
     first_fuse_pass: Vec<f32>,
+    /// The paste accumulated over key tiles, then the pasted columns of the query tile.
+    pasted_columns: Vec<f32>,
 }
 
 /// One batch item's inputs as the tiles read them.
@@ -194,9 +197,8 @@ struct Item<'a> {
     validity: &'a [f32],
 }
 
-/// What a query tile gives: pasted columns `[rows·wf, K·K·C]`, argmax and mass per query.
+/// What a query tile gives beside its pasted columns (left in [`Workspace`]): argmax and mass per query.
 struct TileResult {
-    pasted_columns: Vec<f32>,
     argmax: Vec<u32>,
     mass: Vec<f32>,
 }
@@ -220,7 +222,9 @@ impl Item<'_> {
         let q_rows: Vec<usize> = qt.rows.clone().collect();
         panels::query_patches(self.downscaled_f, g, &qt.raw_rows, &mut ws.query_patches);
         let mut rows = vec![Row::default(); nq];
-        let mut acc = vec![0.0f32; nq * p];
+        let mut acc = std::mem::take(&mut ws.pasted_columns);
+        acc.clear();
+        acc.resize(nq * p, 0.0);
         for kt in keys {
             let (nk, nk_raw) = (kt.rows.len() * pw, kt.raw_rows.len() * pw);
             panels::matching_patches(self.downscaled_b, g, &kt.raw_rows, self.norms, &mut ws.matching_patches);
@@ -273,21 +277,19 @@ impl Item<'_> {
                 *a = state.attention(softmax::logit(*a, m, scale, masking), m);
             }
         }
-        TileResult {
-            pasted_columns: acc,
-            argmax: finished.iter().map(|f| f.1).collect(),
-            mass: finished.iter().map(|f| f.2).collect(),
-        }
+        ws.pasted_columns = acc;
+        TileResult { argmax: finished.iter().map(|f| f.1).collect(), mass: finished.iter().map(|f| f.2).collect() }
     }
 }
 
 /// The whole layer on the fast CPU path (see the module's header); the arguments as
-/// [`reference::forward`]'s, with a [`Tiling`] for the plan.
+/// [`reference::forward`]'s, with a [`Tiling`] for the plan and the buffers to reuse.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     params: &Params,
     g: &Geometry,
     tiling: &Tiling,
+    ws: &mut Workspace,
     f: &Tensor,
     b: &Tensor,
     mask: Option<&Tensor>,
@@ -303,7 +305,6 @@ pub fn forward(
     let mut mass = Vec::with_capacity(g.batch * g.queries());
     let mut attention_rows = vec![0.0f32; g.batch * queries.len() * l];
     let mut validity = vec![1.0f32; l];
-    let mut ws = Workspace::default();
     let (mut done, total) = (0, g.batch * tiling.query.len());
     for n in 0..g.batch {
         let f_item = &f.data()[n * f_len..(n + 1) * f_len];
@@ -332,8 +333,8 @@ pub fn forward(
         let item_rows = &mut attention_rows[n * queries.len() * l..(n + 1) * queries.len() * l];
         for qt in &tiling.query {
             let inspected = inspected_in(qt, g.wf, queries);
-            let r = item.query_tile(qt, &tiling.keys, &mut ws, &inspected, item_rows);
-            reference::fold(&r.pasted_columns, qt.rows.clone(), g, &mut y);
+            let r = item.query_tile(qt, &tiling.keys, ws, &inspected, item_rows);
+            reference::fold(&ws.pasted_columns, qt.rows.clone(), g, &mut y);
             argmax.extend(r.argmax);
             mass.extend(r.mass);
             done += 1;

@@ -62,22 +62,83 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
-/// The maximum of a slice (−∞ if empty), eight lanes at a time.
-fn max_of(x: &[f32]) -> f32 {
+/// The maximum of `x` where `m ≠ 0` (all of `x` if `masked_too`), −∞ if none; eight lanes at a time.
+#[inline(always)]
+fn max_where(x: &[f32], m: &[f32], masked_too: bool) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
-    let chunks = x.chunks_exact(8);
-    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    for chunk in chunks {
-        for (l, &v) in lanes.iter_mut().zip(chunk) {
-            *l = if v > *l { v } else { *l };
+    let full = x.len() / 8 * 8;
+    for (xc, mc) in x[..full].chunks_exact(8).zip(m[..full].chunks_exact(8)) {
+        for lane in 0..8 {
+            let v = if masked_too || mc[lane] != 0.0 { xc[lane] } else { f32::NEG_INFINITY };
+            lanes[lane] = if v > lanes[lane] { v } else { lanes[lane] };
         }
     }
-    lanes.iter().fold(tail, |a, &b| a.max(b))
+    for (&v, &mv) in x[full..].iter().zip(&m[full..]) {
+        if (masked_too || mv != 0.0) && v > lanes[0] {
+            lanes[0] = v;
+        }
+    }
+    lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+/// One query's row of a key tile (see [`update`]).
+#[inline(always)]
+fn update_row(z: &mut [f32], validity: &[f32], first: u32, scale: f32, masking: Masking, row: &mut Row) {
+    match masking {
+        Masking::ZeroLogit => z.iter_mut().zip(validity).for_each(|(s, &m)| *s = scale * (*s * m)),
+        Masking::Exclude => {
+            z.iter_mut().zip(validity).for_each(|(s, &m)| *s = if m != 0.0 { scale * *s } else { f32::NEG_INFINITY })
+        }
+    }
+    let new_max = row.max.max(max_where(z, validity, true));
+    if new_max == f32::NEG_INFINITY {
+        // Every patch so far excluded: nothing to weigh.
+        z.fill(0.0);
+        row.rescale = 1.0;
+        return;
+    }
+    row.rescale = exp(row.max - new_max);
+    row.max = new_max;
+    // The best valid logit; strict > keeps the earlier tile, `position` the first index on ties.
+    let best = max_where(z, validity, false);
+    if best > row.best {
+        row.best = best;
+        let at = z.iter().zip(validity).position(|(&s, &m)| m != 0.0 && s == best).expect("the maximum is in the row");
+        row.arg = first + at as u32;
+    }
+    // Eight partial sums: the loop vectorises, and the order is fixed, so the bits are too.
+    let (mut sum, mut valid_sum) = ([0.0f32; 8], [0.0f32; 8]);
+    let full = z.len() / 8 * 8;
+    let (z_full, z_tail) = z.split_at_mut(full);
+    for (zc, mc) in z_full.chunks_exact_mut(8).zip(validity.chunks_exact(8)) {
+        for lane in 0..8 {
+            let e = exp(zc[lane] - new_max);
+            sum[lane] += e;
+            zc[lane] = e * mc[lane];
+            valid_sum[lane] += zc[lane];
+        }
+    }
+    for (s, &m) in z_tail.iter_mut().zip(&validity[full..]) {
+        let e = exp(*s - new_max);
+        sum[0] += e;
+        *s = e * m;
+        valid_sum[0] += *s;
+    }
+    row.sum = row.sum * row.rescale + sum.iter().sum::<f32>();
+    row.valid_sum = row.valid_sum * row.rescale + valid_sum.iter().sum::<f32>();
+}
+
+/// [`update_row`] compiled for AVX2 and FMA (called only where the CPU has them).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn update_row_avx2(z: &mut [f32], validity: &[f32], first: u32, scale: f32, masking: Masking, row: &mut Row) {
+    update_row(z, validity, first, scale, masking, row)
 }
 
 /// Takes one key tile: `scores [rows, nk]` (fused) become the tile's paste weights
 /// valid·exp(z − max) in place; `validity` holds the tile's `nk` patches, whose global indices
-/// start at `first`.
+/// start at `first`. The same code runs with or without AVX2: only the instructions differ,
+/// not the order of operations (FMA contraction is not enabled), so neither do the bits.
 pub fn update(
     scores: &mut [f32],
     nk: usize,
@@ -87,49 +148,15 @@ pub fn update(
     masking: Masking,
     rows: &mut [Row],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     scores.par_chunks_mut(nk).zip(rows.par_iter_mut()).for_each(|(z, row)| {
-        for (s, &m) in z.iter_mut().zip(validity) {
-            *s = logit(*s, m, scale, masking);
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            return unsafe { update_row_avx2(z, validity, first, scale, masking, row) };
         }
-        let new_max = row.max.max(max_of(z));
-        if new_max == f32::NEG_INFINITY {
-            // Every patch so far excluded: nothing to weigh.
-            z.fill(0.0);
-            row.rescale = 1.0;
-            return;
-        }
-        row.rescale = exp(row.max - new_max);
-        row.max = new_max;
-        // The best valid logit of the tile; strict > keeps the first index on ties.
-        let (mut best, mut arg) = (row.best, row.arg);
-        for (l, (&s, &m)) in z.iter().zip(validity).enumerate() {
-            if m != 0.0 && s > best {
-                best = s;
-                arg = first + l as u32;
-            }
-        }
-        row.best = best;
-        row.arg = arg;
-        // Eight partial sums: the loop vectorises, and the order is fixed, so the bits are too.
-        let (mut sum, mut valid_sum) = ([0.0f32; 8], [0.0f32; 8]);
-        let full = z.len() / 8 * 8;
-        let (z_full, z_tail) = z.split_at_mut(full);
-        for (zc, mc) in z_full.chunks_exact_mut(8).zip(validity.chunks_exact(8)) {
-            for lane in 0..8 {
-                let e = exp(zc[lane] - new_max);
-                sum[lane] += e;
-                zc[lane] = e * mc[lane];
-                valid_sum[lane] += zc[lane];
-            }
-        }
-        for (s, &m) in z_tail.iter_mut().zip(&validity[full..]) {
-            let e = exp(*s - new_max);
-            sum[0] += e;
-            *s = e * m;
-            valid_sum[0] += *s;
-        }
-        row.sum = row.sum * row.rescale + sum.iter().sum::<f32>();
-        row.valid_sum = row.valid_sum * row.rescale + valid_sum.iter().sum::<f32>();
+        update_row(z, validity, first, scale, masking, row)
     });
 }
 

@@ -47,7 +47,10 @@ use crate::tensor::Tensor;
 
 /// The element types of the stages shared with the fast CPU path ([`fold`], [`normalize`]):
 /// f64 here, f32 there.
-pub trait Real: Copy + std::ops::AddAssign + std::ops::Div<Output = Self> + PartialEq + From<f32> {}
+pub trait Real:
+    Copy + Send + Sync + std::ops::AddAssign + std::ops::Div<Output = Self> + PartialEq + From<f32>
+{
+}
 impl Real for f32 {}
 impl Real for f64 {}
 
