@@ -75,6 +75,9 @@ pub struct Tiling {
     pub query: Vec<Tile>,
     /// Key tiles, in ascending row order.
     pub keys: Vec<Tile>,
+    /// Whether the raw scores of the rows consecutive query tiles share are kept from one
+    /// query tile for the next (faster; costs those rows against every key tile in memory).
+    pub keep_halo: bool,
 }
 
 impl Tiling {
@@ -83,6 +86,7 @@ impl Tiling {
         Tiling {
             query: RowNeeds::on_grid(g.fuse, g.hf, g.wf).tiles(query_rows.clamp(1, g.hf)),
             keys: RowNeeds::on_grid(g.fuse, g.ph, g.pw).tiles(key_rows.clamp(1, g.ph)),
+            keep_halo: true,
         }
     }
 
@@ -107,8 +111,8 @@ impl Tiling {
         let mut smallest = u64::MAX;
         for rows in query_candidates {
             let query = query_needs.tiles(rows);
-            for (_, keys) in &key_options {
-                let tiling = Tiling { query: query.clone(), keys: keys.clone() };
+            for ((_, keys), keep_halo) in key_options.iter().flat_map(|k| [(k, true), (k, false)]) {
+                let tiling = Tiling { query: query.clone(), keys: keys.clone(), keep_halo };
                 let bytes = tiling.bytes(g);
                 smallest = smallest.min(bytes);
                 if bytes > budget {
@@ -130,7 +134,9 @@ impl Tiling {
             (Some(budget), rows) => Tiling::new(g, budget, rows),
             // The default budget is a target: if nothing fits, the smallest tiles still run.
             (None, rows) => Tiling::new(g, DEFAULT_MEMORY_BUDGET, rows).or_else(|e| match e {
-                Error::MemoryBudget { .. } => Ok(Tiling::with_rows(g, rows.unwrap_or(1), 1)),
+                Error::MemoryBudget { .. } => {
+                    Ok(Tiling { keep_halo: false, ..Tiling::with_rows(g, rows.unwrap_or(1), 1) })
+                }
                 e => Err(e),
             }),
         }
@@ -143,13 +149,23 @@ impl Tiling {
         })
     }
 
-    /// The working set of one query tile × key tile, in bytes (f32 panels and scores; the raw
-    /// scores' buffer is reused for the second fuse pass and the weights).
+    /// Query-grid rows that consecutive query tiles share (computed once, then kept), where
+    /// they are kept.
+    fn shared_rows(&self) -> impl Iterator<Item = usize> + '_ {
+        let windows = if self.keep_halo { self.query.windows(2) } else { [].windows(2) };
+        windows.map(|w| w[0].raw_rows.iter().filter(|r| w[1].raw_rows.binary_search(r).is_ok()).count())
+    }
+
+    /// The working set in bytes: the panels and scores of the largest query tile × key tile
+    /// (the raw scores' buffer is reused for the second fuse pass and the weights), the halo
+    /// rows kept for the next query tile against every key tile, and the L-sized vectors.
     pub fn bytes(&self, g: &Geometry) -> u64 {
         let (nq, nq1, nq_raw) = Self::largest(&self.query, g.wf);
         let (nk, nk1, nk_raw) = Self::largest(&self.keys, g.pw);
         let (d, p) = (g.match_len(), g.raw_len());
-        let floats = nq_raw * d + nk_raw * d + (nq_raw * nk_raw).max(nq * nk) + nq1 * nk1 + nk * p + nq * p;
+        let all_keys_raw: usize = self.keys.iter().map(|t| t.raw_rows.len() * g.pw).sum();
+        let halo = self.shared_rows().max().unwrap_or(0) * g.wf * all_keys_raw;
+        let floats = nq_raw * d + nk_raw * d + (nq_raw * nk_raw).max(nq * nk) + nq1 * nk1 + nk * p + nq * p + halo;
         4 * floats as u64 + 4 * (3 * g.patches() + 8 * nq) as u64
     }
 
@@ -184,12 +200,72 @@ pub struct Workspace {
     first_fuse_pass: Vec<f32>,
     /// The paste accumulated over key tiles, then the pasted columns of the query tile.
     pasted_columns: Vec<f32>,
+    /// Per key tile: raw score rows of the last query tile that the next one needs again.
+    halo: Vec<HaloRows>,
+}
+
+/// Raw scores of some query-grid rows against one key tile's raw rows, kept from one query
+/// tile for the next: consecutive query tiles share their halo rows (SPEC §T2), and copying
+/// them costs far less than computing them again.
+#[derive(Default)]
+struct HaloRows {
+    /// Query-grid rows held, ascending.
+    rows: Vec<usize>,
+    /// `[rows·wf, raw key positions]`.
+    scores: Vec<f32>,
+}
+
+impl Workspace {
+    /// The raw scores `[raw rows·wf, nk_raw]` of a query tile against key tile `k`: the rows
+    /// the previous query tile left in the halo cache are copied, the others computed in runs
+    /// of consecutive rows; then the rows `next` needs are cached.
+    #[allow(clippy::too_many_arguments)]
+    fn raw_scores(&mut self, g: &Geometry, qt: &Tile, next: Option<&Tile>, k: usize, nk_raw: usize) {
+        let (wf, d) = (g.wf, g.match_len());
+        let block = wf * nk_raw;
+        if self.halo.len() <= k {
+            self.halo.resize_with(k + 1, HaloRows::default);
+        }
+        let halo = &mut self.halo[k];
+        let cached = |row: usize| halo.rows.binary_search(&row).ok();
+        let mut slot = 0;
+        while slot < qt.raw_rows.len() {
+            if let Some(at) = cached(qt.raw_rows[slot]) {
+                self.scores[slot * block..(slot + 1) * block]
+                    .copy_from_slice(&halo.scores[at * block..(at + 1) * block]);
+                slot += 1;
+                continue;
+            }
+            let end =
+                (slot..qt.raw_rows.len()).find(|&s| cached(qt.raw_rows[s]).is_some()).unwrap_or(qt.raw_rows.len());
+            gemm::scores(
+                &self.query_patches[slot * wf * d..],
+                &self.matching_patches,
+                &mut self.scores[slot * block..],
+                (end - slot) * wf,
+                nk_raw,
+                d,
+            );
+            slot = end;
+        }
+        halo.rows.clear();
+        halo.scores.clear();
+        if let Some(next) = next {
+            for (slot, row) in qt.raw_rows.iter().enumerate() {
+                if next.raw_rows.binary_search(row).is_ok() {
+                    halo.rows.push(*row);
+                    halo.scores.extend_from_slice(&self.scores[slot * block..(slot + 1) * block]);
+                }
+            }
+        }
+    }
 }
 
 /// One batch item's inputs as the tiles read them.
 struct Item<'a> {
     g: &'a Geometry,
     params: &'a Params,
+    keep_halo: bool,
     downscaled_f: Image<'a>,
     downscaled_b: Image<'a>,
     b: Image<'a>,
@@ -209,13 +285,14 @@ impl Item<'_> {
     fn query_tile(
         &self,
         qt: &Tile,
+        next: Option<&Tile>,
         keys: &[Tile],
         ws: &mut Workspace,
         inspected: &[(u32, u32)],
         attention_rows: &mut [f32],
     ) -> TileResult {
         let g = self.g;
-        let (wf, pw, d, p, l) = (g.wf, g.pw, g.match_len(), g.raw_len(), g.patches());
+        let (wf, pw, p, l) = (g.wf, g.pw, g.raw_len(), g.patches());
         let (scale, masking) = (self.params.softmax_scale, self.params.masking);
         let nq = qt.rows.len() * wf;
         let nq_raw = qt.raw_rows.len() * wf;
@@ -225,11 +302,11 @@ impl Item<'_> {
         let mut acc = std::mem::take(&mut ws.pasted_columns);
         acc.clear();
         acc.resize(nq * p, 0.0);
-        for kt in keys {
+        for (k, kt) in keys.iter().enumerate() {
             let (nk, nk_raw) = (kt.rows.len() * pw, kt.raw_rows.len() * pw);
             panels::matching_patches(self.downscaled_b, g, &kt.raw_rows, self.norms, &mut ws.matching_patches);
             ws.scores.resize((nq_raw * nk_raw).max(nq * nk), 0.0);
-            gemm::scores(&ws.query_patches, &ws.matching_patches, &mut ws.scores, nq_raw, nk_raw, d);
+            ws.raw_scores(g, qt, next.filter(|_| self.keep_halo), k, nk_raw);
             if g.fuse.is_some() {
                 let k_rows: Vec<usize> = kt.rows.clone().collect();
                 ws.first_fuse_pass.resize(qt.pass1_rows.len() * wf * kt.pass1_rows.len() * pw, 0.0);
@@ -323,6 +400,7 @@ pub fn forward(
         let item = Item {
             g,
             params,
+            keep_halo: tiling.keep_halo,
             downscaled_f: Image { data: &downscaled_f, h: g.hf, w: g.wf, c },
             downscaled_b,
             b: Image { data: b_item, h: hb_full, w: wb_full, c },
@@ -331,9 +409,9 @@ pub fn forward(
         };
         let mut y = vec![0.0f32; f_len];
         let item_rows = &mut attention_rows[n * queries.len() * l..(n + 1) * queries.len() * l];
-        for qt in &tiling.query {
+        for (t, qt) in tiling.query.iter().enumerate() {
             let inspected = inspected_in(qt, g.wf, queries);
-            let r = item.query_tile(qt, &tiling.keys, ws, &inspected, item_rows);
+            let r = item.query_tile(qt, tiling.query.get(t + 1), &tiling.keys, ws, &inspected, item_rows);
             reference::fold(&ws.pasted_columns, qt.rows.clone(), g, &mut y);
             argmax.extend(r.argmax);
             mass.extend(r.mass);
