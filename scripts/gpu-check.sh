@@ -13,7 +13,7 @@ set -uo pipefail
 if [ "${1:-}" = "--stage" ]; then
     rm -rf .gpu && mkdir -p .gpu
     cp target/release/contextual-attention .gpu/
-    for t in golden layer stages extended tiling api; do
+    for t in golden layer stages extended tiling api cpu; do
         f=$(ls -t target/release/deps/$t-* 2>/dev/null | grep -v '\.d$' | head -1)
         [ -n "$f" ] && cp "$f" ".gpu/test-$t"
     done
@@ -38,5 +38,8 @@ for t in .gpu/test-*; do
 done
 grep -E "test result|FAILED" "$OUT/tests.log"
 $B demo --out /tmp/gpu-check-demo > "$OUT/demo.txt" 2>&1; cat "$OUT/demo.txt"
-$B bench --repeats 7 2>&1 | tee "$OUT/bench.md"
-$B bench --repeats 7 --no-cpu --json > "$OUT/bench.json" 2>/dev/null
+# The reference (f64 twin) runs once per case, to give every row its error; the largest case
+# (893 GFLOP) without it, to keep the call short.
+$B bench --repeats 7 --backend reference,gpu,cpu --case 64x64x128:2 --case 128x128x64:2 2>&1 | tee "$OUT/bench.md"
+$B bench --repeats 3 --backend gpu,cpu --case 128x128x128:1 2>&1 | tee -a "$OUT/bench.md"
+$B bench --repeats 7 --backend gpu,cpu --json > "$OUT/bench.json" 2>/dev/null

@@ -56,12 +56,12 @@ fn write_inputs(dir: &Path, rng: &mut common::Rng) -> (PathBuf, PathBuf, PathBuf
 }
 
 #[test]
-fn attend_round_trip_on_both_backends_agrees_with_the_library() {
+fn attend_round_trip_on_every_backend_agrees_with_the_library() {
     let _ = gpu_or_skip!();
     let dir = tmp("attend");
     let mut rng = common::Rng::new("attend");
     let (f, b, m) = write_inputs(&dir, &mut rng);
-    for backend in ["gpu", "cpu"] {
+    for backend in ["gpu", "cpu", "reference"] {
         let o = |n: &str| dir.join(format!("{n}_{backend}.{}", if n == "flow" { "png" } else { "npy" }));
         let out = run(bin()
             .args(["attend", "--f"])
@@ -84,10 +84,13 @@ fn attend_round_trip_on_both_backends_agrees_with_the_library() {
         assert!(out.status.success(), "attend on {backend} failed");
     }
     let read = |p: PathBuf| io::read_npy(&p).unwrap();
-    let (yg, yc) = (read(dir.join("y_gpu.npy")), read(dir.join("y_cpu.npy")));
+    let (yg, yc, yr) = (read(dir.join("y_gpu.npy")), read(dir.join("y_cpu.npy")), read(dir.join("y_reference.npy")));
     assert_eq!(yg.shape, vec![2, 12, 16, 3]);
-    let (io::NpyData::F32(yg), io::NpyData::F32(yc)) = (yg.data, yc.data) else { panic!("y must be float32") };
-    common::assert_close("y gpu vs cpu", &yg, &common::to_f64(&yc), 1e-5, 1e-4);
+    let (io::NpyData::F32(yg), io::NpyData::F32(yc), io::NpyData::F32(yr)) = (yg.data, yc.data, yr.data) else {
+        panic!("y must be float32")
+    };
+    common::assert_close("y gpu vs reference", &yg, &common::to_f64(&yr), 1e-5, 1e-4);
+    common::assert_close("y cpu vs reference", &yc, &common::to_f64(&yr), 1e-5, 1e-4);
     let og = read(dir.join("offsets_gpu.npy"));
     assert_eq!(og.shape, vec![2, 6, 8, 2]);
     assert!(matches!(og.data, io::NpyData::I32(_)), "offsets must be int32");
@@ -105,11 +108,11 @@ fn attend_round_trip_on_both_backends_agrees_with_the_library() {
         io::read_tensor_npy(&b, "b").unwrap(),
         io::read_tensor_npy(&m, "mask").unwrap(),
     );
-    let lib = ContextualAttention::reference(Params { rate: 2, ..Default::default() })
-        .unwrap()
-        .forward(&ft, &bt, Some(&mt))
-        .unwrap();
-    common::assert_close("program vs library", &yc, &common::to_f64(lib.y.data()), 0.0, 0.0);
+    let params = Params { rate: 2, ..Default::default() };
+    let lib = ContextualAttention::reference(params.clone()).unwrap().forward(&ft, &bt, Some(&mt)).unwrap();
+    common::assert_close("program vs library, reference", &yr, &common::to_f64(lib.y.data()), 0.0, 0.0);
+    let lib = ContextualAttention::cpu(params).unwrap().forward(&ft, &bt, Some(&mt)).unwrap();
+    common::assert_close("program vs library, cpu", &yc, &common::to_f64(lib.y.data()), 0.0, 0.0);
 }
 
 #[test]
@@ -250,4 +253,29 @@ fn fill_and_reconstruct_run_on_user_images() {
         .arg(dir.join("bad.png")));
     assert_fails(&out, &["same size"]);
     assert!(!dir.join("bad.png").exists());
+}
+
+#[test]
+fn bench_rows_name_backend_peak_fraction_and_memory() {
+    let out = run(bin().args(["bench", "--quick", "--json", "--backend", "reference,cpu", "--case", "16x12x4:2"]));
+    assert!(out.status.success(), "bench failed");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
+    let rows = rows.as_array().expect("an array of rows");
+    assert_eq!(rows.len(), 2, "one row per backend");
+    assert_eq!(rows[0]["backend"], "reference");
+    assert_eq!(rows[1]["backend"], "cpu");
+    for row in rows {
+        assert_eq!(row["size"], "16x12x4 r2");
+        assert!(row["median_ms"].as_f64().unwrap() > 0.0 && row["gflops"].as_f64().unwrap() > 0.0, "{row}");
+        for key in ["peak_fraction", "peak_rss_mb", "op_mb"] {
+            assert!(row.get(key).is_some(), "{key} missing from {row}");
+        }
+        if cfg!(target_os = "linux") {
+            assert!(row["peak_rss_mb"].as_f64().unwrap() > 0.0, "{row}");
+        }
+    }
+    // The CPU row is compared with the reference that ran before it.
+    assert!(rows[1]["max_abs_err"].as_f64().unwrap() < 1e-4, "{}", rows[1]);
+    let bad = run(bin().args(["bench", "--case", "16x12:2"]));
+    assert_fails(&bad, &["16x12:2", "HxWxC:RATE"]);
 }

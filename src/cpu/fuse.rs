@@ -71,19 +71,46 @@ pub fn pass(
     let query_steps = steps(fuse, pass, (g.hf, g.wf), q_out, q_in);
     let key_runs: Vec<Vec<Run>> = steps(fuse, pass, (g.ph, g.pw), k_out, k_in).iter().map(|s| runs(s)).collect();
     let (in_cols, out_cols) = (k_in.len() * g.pw, k_out.len() * g.pw);
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::arch::is_x86_feature_detected!("avx2");
     out[..q_out.len() * g.wf * out_cols].par_chunks_mut(out_cols).enumerate().for_each(|(q, row)| {
-        row.fill(0.0);
-        for (query_step, runs) in query_steps.iter().zip(&key_runs) {
-            let src = query_step[q];
-            if src == NONE {
-                continue;
-            }
-            let in_row = &input[src as usize * in_cols..][..in_cols];
-            for r in runs {
-                for (o, x) in row[r.dst..r.dst + r.len].iter_mut().zip(&in_row[r.src..r.src + r.len]) {
-                    *o += x;
-                }
+        let sources = query_steps.iter().map(|s| s[q]);
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU has AVX2 (checked above).
+            return unsafe { fuse_row_avx2(row, input, in_cols, sources, &key_runs) };
+        }
+        fuse_row(row, input, in_cols, sources, &key_runs)
+    });
+}
+
+/// One output row: the sum over offsets of the input row each offset's query step reads,
+/// shifted by its key runs.
+#[inline(always)]
+fn fuse_row(row: &mut [f32], input: &[f32], in_cols: usize, sources: impl Iterator<Item = u32>, key_runs: &[Vec<Run>]) {
+    row.fill(0.0);
+    for (src, runs) in sources.zip(key_runs) {
+        if src == NONE {
+            continue;
+        }
+        let in_row = &input[src as usize * in_cols..][..in_cols];
+        for r in runs {
+            for (o, x) in row[r.dst..r.dst + r.len].iter_mut().zip(&in_row[r.src..r.src + r.len]) {
+                *o += x;
             }
         }
-    });
+    }
+}
+
+/// [`fuse_row`] compiled for AVX2 (the same additions in the same order).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn fuse_row_avx2(
+    row: &mut [f32],
+    input: &[f32],
+    in_cols: usize,
+    sources: impl Iterator<Item = u32>,
+    key_runs: &[Vec<Run>],
+) {
+    fuse_row(row, input, in_cols, sources, key_runs)
 }

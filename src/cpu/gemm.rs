@@ -18,19 +18,24 @@ fn par() -> Par {
     }
 }
 
-/// `out [m, n] = a [m, k] · b [n, k]ᵀ`: the raw scores of query patches against matching patches.
-pub fn scores(a: &[f32], b: &[f32], out: &mut [f32], m: usize, n: usize, k: usize) {
-    let out = &mut out[..m * n];
+/// `out [m, n] = a [m, k] · b [n, k]ᵀ`: raw scores of query patches against matching patches,
+/// written into rows `out_stride` apart (a block of a wider scores matrix).
+pub fn scores(a: &[f32], b: &[f32], out: &mut [f32], out_stride: usize, m: usize, n: usize, k: usize) {
     if m == 0 || n == 0 {
         return;
     }
+    // Row-major with a row stride, as the transpose of a column-major view (faer 0.22's
+    // `from_row_major_slice_with_stride_mut` lays rows 1 apart and columns `row_stride` apart).
+    let mut out =
+        MatMut::from_column_major_slice_with_stride_mut(&mut out[..(m - 1) * out_stride + n], n, m, out_stride)
+            .transpose_mut();
     if k == 0 {
         out.fill(0.0);
         return;
     }
     let a = MatRef::from_row_major_slice(&a[..m * k], m, k);
     let b = MatRef::from_row_major_slice(&b[..n * k], n, k).transpose();
-    matmul(MatMut::from_row_major_slice_mut(out, m, n), Accum::Replace, a, b, 1.0f32, par());
+    matmul(out, Accum::Replace, a, b, 1.0f32, par());
 }
 
 /// `out [m, n] += a [m, k] · b [k, n]`: attention weights times raw patches, added to the paste.
