@@ -36,6 +36,9 @@ pub struct BenchArgs {
     /// Timed runs per case and backend (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
+    /// Memory budget in MiB for every case (default: each backend's own).
+    #[arg(long, value_name = "MIB")]
+    pub memory_budget: Option<u64>,
 }
 
 struct Row {
@@ -67,15 +70,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Median wall time in ms over `repeats` runs after `warmup` runs, the median time of the
-/// compute pass (timestamp queries, where the device has them), the memory the runs took, and
-/// the last run's output.
-fn measure(
-    layer: &ContextualAttention,
-    case: &BenchCase,
-    warmup: usize,
-    repeats: usize,
-) -> CliResult<(f64, Option<f64>, Option<(u64, u64)>, Tensor)> {
+/// What [`measure`] found.
+struct Measured {
+    /// Median wall time in ms.
+    median_ms: f64,
+    /// Median time of the compute pass (timestamp queries, where the device has them).
+    pass_ms: Option<f64>,
+    /// Process peak and its growth during the runs, in bytes.
+    memory: Option<(u64, u64)>,
+    /// The last run's output.
+    y: Tensor,
+}
+
+/// Times `repeats` runs after `warmup` runs.
+fn measure(layer: &ContextualAttention, case: &BenchCase, warmup: usize, repeats: usize) -> CliResult<Measured> {
     let (x, mask) = case.inputs();
     let memory = PeakMemory::start();
     for _ in 0..warmup {
@@ -92,7 +100,12 @@ fn measure(
         times.push(ms(t));
     }
     let pass = (pass_times.len() == repeats).then(|| median(pass_times));
-    Ok((median(times), pass, memory.finish(), last.expect("at least one run")))
+    Ok(Measured {
+        median_ms: median(times),
+        pass_ms: pass,
+        memory: memory.finish(),
+        y: last.expect("at least one run"),
+    })
 }
 
 fn json_str(s: &str) -> String {
@@ -139,7 +152,10 @@ pub fn run(a: BenchArgs) -> CliResult {
     backends.sort_by_key(|b| *b != BenchBackend::Reference);
     let peak = cpu_peak_gflops();
     let (warmup, repeats) = if a.quick { (0, 1) } else { (1, a.repeats.max(1)) };
-    let cases = if a.cases.is_empty() { standard_cases() } else { a.cases.clone() };
+    let mut cases = if a.cases.is_empty() { standard_cases() } else { a.cases.clone() };
+    for case in &mut cases {
+        case.params.memory_budget = a.memory_budget.map(|m| m << 20);
+    }
     let bar = progress((cases.len() * backends.len()) as u64, "bench");
     let mut rows: Vec<Row> = Vec::new();
     for case in &cases {
@@ -157,7 +173,7 @@ pub fn run(a: BenchArgs) -> CliResult {
             let layer = ContextualAttention::with_backend(layer_backend, case.params.clone())?;
             // The reference is slow: one run, no warm-up.
             let (w, n) = if backend == BenchBackend::Reference { (0, 1) } else { (warmup, repeats) };
-            let (median_ms, pass_ms, memory, y) = measure(&layer, case, w, n)?;
+            let Measured { median_ms, pass_ms, memory, y } = measure(&layer, case, w, n)?;
             bar.inc(1);
             let gflops = gflop / (median_ms / 1e3);
             let on_cpu = backend != BenchBackend::Gpu;

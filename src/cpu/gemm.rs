@@ -2,10 +2,10 @@
 //! blocked kernels with run-time SIMD dispatch (AVX-512/AVX2/NEON) on all of rayon's threads.
 //!
 //! Why faer: on this project's shapes ([Nq, k²C]·[Nk, k²C]ᵀ and [Nq, Lk]·[Lk, K²C]) on a 2-vCPU
-//! AMD EPYC (Zen 5) it gave 176–201 GFLOP/s with both threads, against 150–183 for
-//! `matrixmultiply` (AVX2 at most) and 140–194 for `gemm` (README, "CPU backend"). It also gives
-//! the same bits for any thread count (it splits the output, never the inner dimension), which
-//! the backend's determinism rests on.
+//! AMD EPYC (Zen 5) it gave 161–201 GFLOP/s with both threads, the fastest on four of six shapes,
+//! against 150–183 for `matrixmultiply` (AVX2 at most) and 140–194 for `gemm` (README, Numbers).
+//! It also gives the same bits for any thread count (it splits the output, never the inner
+//! dimension), which the backend's determinism rests on.
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};

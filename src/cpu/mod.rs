@@ -95,8 +95,10 @@ impl Tiling {
         }
     }
 
-    /// The cheapest tiling whose working set fits `budget` bytes; `query_rows` fixes the query
-    /// tiles' rows. Cost: the scores GEMM including halos, the fuse passes and the panel gathers
+    /// The cheapest tiling whose working set ([`Tiling::bytes`]) fits `budget` bytes, over every
+    /// height of query and key tiles, halo rows kept or not; `query_rows` fixes the query
+    /// tiles' rows. Cost: the scores GEMM of the halo rows not kept, its speed on narrow tiles,
+    /// the fuse passes, the panel gathers and the accumulator passes, and a fixed cost per tile
     /// (the paste GEMM costs the same for every tiling).
     pub fn new(g: &Geometry, budget: u64, query_rows: Option<usize>) -> Result<Tiling> {
         let query_needs = RowNeeds::on_grid(g.fuse, g.hf, g.wf);
