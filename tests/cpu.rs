@@ -1,8 +1,8 @@
 //! The fast CPU backend (`Backend::Cpu`, issue 8) beyond the grid and goldens it shares with the
 //! GPU (`tests/layer.rs`, `tests/golden.rs`): random configurations of every parameter under
-//! random query × key tilings against the twin, the same bits for any thread count, tiling
-//! invariance over query and key tiles (wrap-around halos included), inspected attention rows,
-//! progress, and the memory budget.
+//! random query × key tilings against the twin (1e-5 of max |y|; 5e-5 at softmax scale 100),
+//! the same bits for any thread count, tiling invariance over query and key tiles (wrap-around
+//! halos included), inspected attention rows, progress, and the memory budget.
 
 mod common;
 
@@ -79,8 +79,13 @@ fn random_configurations_and_tilings_agree_with_the_twin() {
             continue;
         };
         let out = run_tiled(&params, &f, &b, mask.as_ref(), rows, &[]);
+        // 1e-5 of max |y|, except at softmax scale 100: logits up to ~10³ from f32 scores carry
+        // absolute errors ~10⁻⁴ in any f32 implementation (the original's too), and the softmax
+        // passes them on. Over 6,000 random cases (40 seeds) the worst was 5.5e-7 at scale 0.5,
+        // 5.1e-6 at 10 and 2.2e-5 at 100.
+        let rtol = if params.softmax_scale > 10.0 { 5e-5 } else { 1e-5 };
         let scale = max_abs(twin.y.data()).max(1e-6);
-        assert_close(&format!("{what}: y"), out.y.data(), &to_f64(twin.y.data()), 1e-5 * scale, 0.0);
+        assert_close(&format!("{what}: y"), out.y.data(), &to_f64(twin.y.data()), rtol * scale, 0.0);
         assert_close(&format!("{what}: mass"), &out.mass, &to_f64(&twin.mass), 1e-5, 0.0);
         checked += 1;
     }

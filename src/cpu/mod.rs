@@ -9,8 +9,9 @@
 //!    rescaled when a tile raises the maximum.
 //!
 //! After the last key tile the accumulator, divided by the softmax's sum, is folded into y; y is
-//! normalised per item (the twin's [`fold`](crate::reference::fold) and
-//! [`normalize`](crate::reference::normalize), in f32). Nothing but L-sized vectors (norms,
+//! normalised per item. The cheap per-pixel stages are the twin's, in f32:
+//! [`downscale`](crate::reference::downscale), [`fold`](crate::reference::fold),
+//! [`normalize`](crate::reference::normalize) (and, on the one-channel mask, its f64 mask validity). Nothing but L-sized vectors (norms,
 //! validity) grows with the number of patches: the working set is bounded by the memory budget
 //! whatever the image size.
 //!
@@ -462,8 +463,8 @@ pub fn forward(
     for n in 0..g.batch {
         let f_item = &f.data()[n * f_len..(n + 1) * f_len];
         let b_item = &b.data()[n * b_len..(n + 1) * b_len];
-        let downscaled_f = panels::downscale(f_item, wf_full, c, &g.f_rows, &g.f_cols);
-        let downscaled_b = panels::downscale(b_item, wb_full, c, &g.b_rows, &g.b_cols);
+        let downscaled_f = reference::downscale(f_item, wf_full, c, &g.f_rows, &g.f_cols);
+        let downscaled_b = reference::downscale(b_item, wb_full, c, &g.b_rows, &g.b_cols);
         if let Some(mask) = mask.filter(|_| g.mask_batch > 1 || n == 0) {
             // The mask is one channel and read once per item: the twin's f64 stages cost nothing here.
             let m = if g.mask_batch > 1 { n } else { 0 };

@@ -1,4 +1,4 @@
-//! Gathers into small per-tile panels (SPEC §T2): downscaled images, query patches of a query
+//! Gathers into small per-tile panels (SPEC §T2): query patches of a query
 //! tile's rows, normalised matching patches and raw patches of a key tile's rows, and the
 //! patch norms (the one L-sized vector besides validity). Windows are copied as contiguous
 //! runs of `C` floats; positions outside the image are zeros (TF SAME padding, SPEC §2.2).
@@ -6,18 +6,6 @@
 use rayon::prelude::*;
 
 use crate::geometry::Geometry;
-
-/// Align-corners nearest-neighbour downscale `[h, w, c]` → `[rows, cols, c]` (SPEC §2.5).
-pub fn downscale(x: &[f32], w: usize, c: usize, rows: &[u32], cols: &[u32]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(rows.len() * cols.len() * c);
-    for &sy in rows {
-        for &sx in cols {
-            let at = (sy as usize * w + sx as usize) * c;
-            out.extend_from_slice(&x[at..at + c]);
-        }
-    }
-    out
-}
 
 /// An image `[h, w, c]` that windows are read from.
 #[derive(Clone, Copy)]
