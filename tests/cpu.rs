@@ -8,9 +8,7 @@ mod common;
 
 use common::{assert_close, bits, max_abs, relu_features, square_hole, to_f64, Rng};
 use contextual_attention::cpu::{self, Tiling};
-use contextual_attention::{
-    ContextualAttention, FuseMode, Geometry, Masking, Output, Overlap, Params, RunOptions, Tensor,
-};
+use contextual_attention::{ContextualAttention, FuseMode, Geometry, Masking, Output, Params, RunOptions, Tensor};
 
 /// The CPU backend with an explicit tiling.
 fn run_tiled(
@@ -39,31 +37,7 @@ fn random_configurations_and_tilings_agree_with_the_twin() {
     let mut rng = Rng::new("cpu_fuzz");
     let mut checked = 0;
     for it in 0..150 {
-        let rate = 1 + rng.below(3);
-        let stride = if rng.below(3) == 0 { 1 + rng.below(3) } else { 1 };
-        let params = Params {
-            rate,
-            stride,
-            ksize: 1 + rng.below(5),
-            fuse: rng.below(4) != 0,
-            fuse_k: 1 + rng.below(5),
-            paste_kernel: (rng.below(3) == 0).then(|| rate + rng.below(2 * rate + 1)),
-            overlap: if rng.below(2) == 0 { Overlap::Quarter } else { Overlap::Exact },
-            masking: if rng.below(2) == 0 { Masking::ZeroLogit } else { Masking::Exclude },
-            fuse_mode: if rng.below(2) == 0 { FuseMode::Wrap } else { FuseMode::Spatial },
-            softmax_scale: [0.5, 10.0, 100.0][rng.below(3)],
-            ..Default::default()
-        };
-        let (batch, c) = (1 + rng.below(2), 1 + rng.below(4));
-        let mut side = || (1 + rng.below(7)) * rate;
-        let (hf, wf, hb, wb) = (side(), side(), side(), side());
-        let f = rng.tensor([batch, hf, wf, c], -1.0, 1.0);
-        let b = rng.tensor([batch, hb, wb, c], -1.0, 1.0);
-        let mask_batch = if rng.below(2) == 0 { 1 } else { batch };
-        let mask = (rng.below(3) != 0).then(|| {
-            let ones: Vec<f32> = (0..mask_batch * hb * wb).map(|_| (rng.below(4) == 0) as u8 as f32).collect();
-            Tensor::new([mask_batch, hb, wb, 1], ones).unwrap()
-        });
+        let (params, f, b, mask) = common::random_case(&mut rng);
         let rows = (1 + rng.below(3), 1 + rng.below(3));
         let what = format!(
             "case {it}: {params:?}, f {:?}, b {:?}, mask {:?}, tiles of {rows:?} rows",

@@ -215,3 +215,37 @@ pub fn concat_batch(items: &[Tensor]) -> Tensor {
     let data: Vec<f32> = items.iter().flat_map(|t| t.data().iter().copied()).collect();
     Tensor::new([items.len(), s[1], s[2], s[3]], data).unwrap()
 }
+
+/// A random configuration of every parameter (rate, stride, ksize, fuse and its mode, paste
+/// kernel, overlap, masking, softmax scale) with random batch, channels, f and b sizes and a
+/// shared, per-sample or no mask: what the GPU and the CPU backend are fuzzed with.
+#[allow(dead_code)]
+pub fn random_case(rng: &mut Rng) -> (contextual_attention::Params, Tensor, Tensor, Option<Tensor>) {
+    use contextual_attention::{FuseMode, Masking, Overlap, Params};
+    let rate = 1 + rng.below(3);
+    let stride = if rng.below(3) == 0 { 1 + rng.below(3) } else { 1 };
+    let params = Params {
+        rate,
+        stride,
+        ksize: 1 + rng.below(5),
+        fuse: rng.below(4) != 0,
+        fuse_k: 1 + rng.below(5),
+        paste_kernel: (rng.below(3) == 0).then(|| rate + rng.below(2 * rate + 1)),
+        overlap: if rng.below(2) == 0 { Overlap::Quarter } else { Overlap::Exact },
+        masking: if rng.below(2) == 0 { Masking::ZeroLogit } else { Masking::Exclude },
+        fuse_mode: if rng.below(2) == 0 { FuseMode::Wrap } else { FuseMode::Spatial },
+        softmax_scale: [0.5, 10.0, 100.0][rng.below(3)],
+        ..Default::default()
+    };
+    let (batch, c) = (1 + rng.below(2), 1 + rng.below(4));
+    let mut side = || (1 + rng.below(7)) * rate;
+    let (hf, wf, hb, wb) = (side(), side(), side(), side());
+    let f = rng.tensor([batch, hf, wf, c], -1.0, 1.0);
+    let b = rng.tensor([batch, hb, wb, c], -1.0, 1.0);
+    let mask_batch = if rng.below(2) == 0 { 1 } else { batch };
+    let mask = (rng.below(3) != 0).then(|| {
+        let ones: Vec<f32> = (0..mask_batch * hb * wb).map(|_| (rng.below(4) == 0) as u8 as f32).collect();
+        Tensor::new([mask_batch, hb, wb, 1], ones).unwrap()
+    });
+    (params, f, b, mask)
+}
