@@ -172,7 +172,7 @@ impl ContextualAttention {
         let shapes = (f.shape(), b.shape(), mask.map(|m| m.shape()));
         match &self.backend {
             Backend::Cpu => {
-                // Query and key tiles of its own (SPEC §T2), under the same budget.
+                // Query and key tiles of its own (SPEC §T2), under the budget or cpu::DEFAULT_BUDGET.
                 let g = Geometry::new(&self.params, shapes.0, shapes.1, shapes.2)?;
                 let tiling = cpu::Tiling::for_call(&g, self.params.memory_budget, options.tile_rows)?;
                 let mut ws = self.cpu_workspace.lock().unwrap_or_else(|p| p.into_inner());
@@ -255,7 +255,8 @@ impl ContextualAttention {
         self.run(f, b, mask, &RunOptions::new().tile_rows(rows_per_tile))
     }
 
-    /// The tile plan a call with these shapes would use.
+    /// The tile plan a call with these shapes would use on the GPU or the twin (the CPU backend
+    /// also tiles the patches: [`cpu::Tiling::for_call`]).
     pub fn plan(&self, f: [usize; 4], b: [usize; 4], mask: Option<[usize; 4]>) -> Result<Plan> {
         Ok(self.prepare(f, b, mask, None)?.1)
     }
