@@ -134,12 +134,18 @@ fn mb(bytes: u64) -> f64 {
 pub fn run(a: BenchArgs) -> CliResult {
     let explicit = !a.backend.is_empty();
     let mut backends = if explicit { a.backend.clone() } else { vec![BenchBackend::Gpu, BenchBackend::Cpu] };
-    backends.dedup();
+    let mut seen = Vec::new();
+    backends.retain(|b| {
+        !seen.contains(b) && {
+            seen.push(*b);
+            true
+        }
+    });
     let gpu = if backends.contains(&BenchBackend::Gpu) {
         match Gpu::new() {
             Ok(gpu) => Some(gpu),
             Err(e) if !explicit => {
-                eprintln!("note: no GPU row ({e}); `--backend cpu,reference` says so explicitly");
+                eprintln!("note: no GPU adapter ({e}); benchmarking the CPU backend only (--backend chooses)");
                 backends.retain(|b| *b != BenchBackend::Gpu);
                 None
             }
