@@ -96,11 +96,11 @@ impl Tiling {
         }
     }
 
-    /// Of the tilings whose working set ([`Tiling::bytes`]) fits `budget` bytes (every height of
-    /// query and key tiles, halo rows kept or not), the one that needs the least memory among
-    /// those within 3 % of the cheapest; `query_rows` fixes the query tiles' rows. (At 3 % the
-    /// standard cases lost no measurable time and 17–33 % of their memory; at 10 % they lost
-    /// 10–20 % of their speed.) Cost: the scores GEMM of the halo rows not kept, its speed on narrow tiles,
+    /// The cheapest of the tilings whose working set ([`Tiling::bytes`]) fits `budget` bytes
+    /// (every height of query and key tiles, halo rows kept or not); `query_rows` fixes the
+    /// query tiles' rows. (Preferring less memory among tilings within 3 % of the cheapest cost
+    /// nothing measurable on 2 threads but made 16 threads 1.4× to 3× slower: smaller tiles
+    /// leave the threads idle more often.) Cost: the scores GEMM of the halo rows not kept, its speed on narrow tiles,
     /// the fuse passes, the panel gathers and the accumulator passes, and a fixed cost per tile
     /// (the paste GEMM costs the same for every tiling).
     pub fn new(g: &Geometry, budget: u64, query_rows: Option<usize>) -> Result<Tiling> {
@@ -117,7 +117,7 @@ impl Tiling {
         };
         let key_options: Vec<(usize, Vec<Tile>)> =
             candidates(g.ph).into_iter().map(|rows| (rows, key_needs.tiles(rows))).collect();
-        let mut fitting: Vec<(f64, u64, Tiling)> = Vec::new();
+        let mut fitting: Vec<(f64, Tiling)> = Vec::new();
         let mut smallest = u64::MAX;
         for rows in query_candidates {
             let query = query_needs.tiles(rows);
@@ -126,17 +126,14 @@ impl Tiling {
                 let bytes = tiling.bytes(g);
                 smallest = smallest.min(bytes);
                 if bytes <= budget {
-                    fitting.push((tiling.cost(g), bytes, tiling));
+                    fitting.push((tiling.cost(g), tiling));
                 }
             }
         }
-        // Of the tilings within 3 % of the cheapest, the one that needs the least memory.
-        let cheapest = fitting.iter().map(|t| t.0).fold(f64::INFINITY, f64::min);
         fitting
             .into_iter()
-            .filter(|t| t.0 <= cheapest * 1.03)
-            .min_by_key(|t| t.1)
-            .map(|t| t.2)
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|t| t.1)
             .ok_or(Error::MemoryBudget { budget, needed: smallest })
     }
 
