@@ -82,13 +82,7 @@ impl BenchCase {
 /// which on a virtual machine is usually the nominal clock). `None` where the clock is unknown.
 pub fn cpu_peak_gflops() -> Option<(f64, String)> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let simd = crate::cpu::simd();
-    let lanes = match simd {
-        "AVX-512" => 16,
-        "AVX2+FMA" => 8,
-        "scalar" => 1,
-        _ => 4,
-    };
+    let (simd, lanes) = crate::cpu::simd();
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
     let peak = threads as f64 * lanes as f64 * 2.0 * 2.0 * mhz / 1e3;

@@ -43,28 +43,28 @@ use softmax::Row;
 
 /// One line naming the backend: threads and the widest SIMD the GEMMs dispatch to.
 pub fn describe() -> String {
-    format!("CPU (f32, {} threads, {})", rayon::current_num_threads(), simd())
+    format!("CPU (f32, {} threads, {})", rayon::current_num_threads(), simd().0)
 }
 
-/// The widest vector instructions this CPU offers the GEMM kernels.
-pub fn simd() -> &'static str {
+/// The widest vector instructions this CPU offers the GEMM kernels, and their f32 lanes.
+pub fn simd() -> (&'static str, usize) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
-            return "AVX-512";
+            return ("AVX-512", 16);
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return "AVX2+FMA";
+            return ("AVX2+FMA", 8);
         }
-        "SSE2"
+        ("SSE2", 4)
     }
     #[cfg(target_arch = "aarch64")]
     {
-        "NEON"
+        ("NEON", 4)
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
-        "scalar"
+        ("scalar", 1)
     }
 }
 
@@ -343,7 +343,6 @@ impl Workspace {
 struct Item<'a> {
     g: &'a Geometry,
     params: &'a Params,
-    keep_halo: bool,
     downscaled_f: Image<'a>,
     downscaled_b: Image<'a>,
     b: Image<'a>,
@@ -358,7 +357,8 @@ struct TileResult {
 }
 
 impl Item<'_> {
-    /// One query tile against every key tile. `inspected` are (row in the tile, row in
+    /// One query tile against every key tile; `next` is the query tile to keep shared halo
+    /// rows for (`None`: keep none). `inspected` are (row in the tile, row in
     /// `attention_rows`) of the inspected queries; their attention rows are written there.
     fn query_tile(
         &self,
@@ -385,7 +385,7 @@ impl Item<'_> {
             let (nk, nk_raw) = (kt.rows.len() * pw, kt.raw_rows.len() * pw);
             panels::matching_patches(self.downscaled_b, g, &kt.raw_rows, self.norms, &mut ws.matching_patches);
             ws.scores.resize((nq_raw * nk_raw).max(nq * nk), 0.0);
-            ws.raw_scores(g, (qt, next.filter(|_| self.keep_halo)), (k, kt, keys.get(k + 1)));
+            ws.raw_scores(g, (qt, next), (k, kt, keys.get(k + 1)));
             if g.fuse.is_some() {
                 let k_rows: Vec<usize> = kt.rows.clone().collect();
                 ws.first_fuse_pass.resize(qt.pass1_rows.len() * wf * kt.pass1_rows.len() * pw, 0.0);
@@ -479,7 +479,6 @@ pub fn forward(
         let item = Item {
             g,
             params,
-            keep_halo: tiling.keep_halo,
             downscaled_f: Image { data: &downscaled_f, h: g.hf, w: g.wf, c },
             downscaled_b,
             b: Image { data: b_item, h: hb_full, w: wb_full, c },
@@ -490,7 +489,9 @@ pub fn forward(
         let item_rows = &mut attention_rows[n * queries.len() * l..(n + 1) * queries.len() * l];
         for (t, qt) in tiling.query.iter().enumerate() {
             let inspected = inspected_in(qt, g.wf, queries);
-            let r = item.query_tile(qt, tiling.query.get(t + 1), &tiling.keys, ws, &inspected, item_rows);
+            // The next query tile, whose shared halo rows this one keeps (if the tiling keeps any).
+            let next = tiling.query.get(t + 1).filter(|_| tiling.keep_halo);
+            let r = item.query_tile(qt, next, &tiling.keys, ws, &inspected, item_rows);
             reference::fold(&ws.pasted_columns, qt.rows.clone(), g, &mut y);
             argmax.extend(r.argmax);
             mass.extend(r.mass);

@@ -1,8 +1,8 @@
 //! The CPU twin: every GPU stage in plain f64 loops, one file per stage named as its shader,
 //! with the same stage boundaries and buffer layouts, and the whole layer run through the same
 //! chain ([`crate::chain`]). It is the oracle of the GPU tests and a backend of its own
-//! ([`crate::Backend::Reference`]). The fast f32 path ([`crate::cpu`]) shares its fold and
-//! normalize.
+//! ([`crate::Backend::Reference`]). The fast f32 path ([`crate::cpu`]) shares its downscale,
+//! fold and normalize.
 //!
 //! Layouts (per batch item, row-major, f64 here and f32 on the GPU):
 //! * downscaled f′ `[hf, wf, C]`, b′ `[hb, wb, C]`, mask `[hb, wb]`;
