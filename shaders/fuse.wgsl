@@ -3,11 +3,12 @@
 // leaves its grid. The original (mode 0) steps in the flattened index, row-major in the first
 // pass and column-major in the second, so steps wrap across grid rows / columns. The spatial
 // mode (1) steps in 2-D with zero padding: horizontally, then vertically.
-// Output rows are listed in `index` (out_rows_off); the input's rows are found through a
-// slot map (in_slots_off: slot of each grid row in `scores`).
+// Both sides are tiles (SPEC §T2): the output's query rows and patch rows are listed in `index`
+// (out_rows_off, key_out_rows_off); the input's rows are found through slot maps (in_slots_off,
+// key_in_slots_off: the slot of each grid row in `scores`, whose rows hold in_cols patches).
 
 struct Params {
-    count: u32,        // out rows · wf · L
+    count: u32,        // out query rows · wf · out_cols
     mode: u32,         // 0 = wrap (original), 1 = spatial
     which: u32,        // 0 = rows (first pass), 1 = cols (second pass)
     hf: u32,
@@ -18,6 +19,10 @@ struct Params {
     p: u32,            // offsets run over -p ..= fk-1-p
     in_slots_off: u32,
     out_rows_off: u32,
+    key_in_slots_off: u32,
+    key_out_rows_off: u32,
+    in_cols: u32,      // patches per row of `scores`: input patch rows · pw
+    out_cols: u32,     // patches per row of `fused`: output patch rows · pw
 }
 
 const WG: u32 = 256u;
@@ -52,12 +57,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         @builtin(local_invocation_index) li: u32) {
     let idx = flat_index(wg, nwg, li, WG);
     if (idx >= P.count) { return; }
-    let l = P.ph * P.pw;
-    let beta = idx % l;
-    let q = idx / l;
+    let beta = idx % P.out_cols;
+    let q = idx / P.out_cols;
     let j = q % P.wf;
     let i = index[P.out_rows_off + q / P.wf];
-    let u = beta / P.pw;
+    let u = index[P.key_out_rows_off + beta / P.pw];
     let v = beta % P.pw;
     var sum = 0.0;
     for (var t = 0u; t < P.fk; t++) {
@@ -66,7 +70,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         let sp = step(i32(P.ph), i32(P.pw), i32(u), i32(v), d);
         if (sq.x == 1 && sp.x == 1) {
             let slot = index[P.in_slots_off + u32(sq.y)];
-            sum += scores[(slot * P.wf + u32(sq.z)) * l + u32(sp.y) * P.pw + u32(sp.z)];
+            let key_slot = index[P.key_in_slots_off + u32(sp.y)];
+            sum += scores[(slot * P.wf + u32(sq.z)) * P.in_cols + key_slot * P.pw + u32(sp.z)];
         }
     }
     fused[idx] = sum;

@@ -1,10 +1,12 @@
 // The layer's two GEMMs (SPEC §10 c, f):
 // * matching scores  S[M, N] = Pf[M, K] · Pb[N, K]ᵀ   (TRANS_B = true)
-// * pasted columns   C[M, N] = A[M, K] · Raw[K, N]    (TRANS_B = false)
+// * pasted columns   C[M, N] += A[M, K] · Raw[K, N]   (TRANS_B = false, ACCUMULATE = true:
+//   the paste of each key tile is added to the query tile's accumulator, SPEC §T2)
 // 64×64 output tile per workgroup, 16×16 invocations with a 4×4 register tile each, K in steps
 // of 16 through workgroup memory. All loads are bounds-checked, so any M, N, K works.
 
 override TRANS_B: bool = false;
+override ACCUMULATE: bool = false;
 
 struct Params {
     m: u32,
@@ -84,7 +86,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         let gm = row0 + lid.y + 16u * i;
         for (var j = 0u; j < 4u; j++) {
             let gn = col0 + lid.x + 16u * j;
-            if (gm < P.m && gn < P.n) { c[gm * P.ldc + gn] = acc[i * 4u + j]; }
+            if (gm < P.m && gn < P.n) {
+                let at = gm * P.ldc + gn;
+                if (ACCUMULATE) { c[at] = c[at] + acc[i * 4u + j]; } else { c[at] = acc[i * 4u + j]; }
+            }
         }
     }
 }

@@ -1,9 +1,10 @@
 // Raw patches (SPEC §2.4): the K×K windows of full-resolution b at stride r·s, zero-padded
 // (TF "SAME"), laid out [L, K·K·C] with element order (dy, dx, c): the filters the paste
-// (a transposed convolution) pastes. One invocation per element.
+// (a transposed convolution) pastes. Only the patches first .. first + count / (K·K·C) are
+// written (a key tile, SPEC §T2), from row 0 of `raw_patches`. One invocation per element.
 
 struct Params {
-    count: u32,   // L · K·K·C
+    count: u32,   // patches written · K·K·C
     src_off: u32, // element offset of the batch item in `b`
     h: u32,       // Hb
     w: u32,       // Wb
@@ -13,6 +14,7 @@ struct Params {
     pad_y: u32,
     pad_x: u32,
     grid_w: u32,  // patches per row, pw
+    first: u32,   // index of the first patch written
 }
 
 const WG: u32 = 64u;
@@ -28,7 +30,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (idx >= P.count) { return; }
     let len = P.k * P.k * P.c;
     let e = idx % len;
-    let l = idx / len;
+    let l = P.first + idx / len;
     let origin = vec2<u32>((l / P.grid_w) * P.step, (l % P.grid_w) * P.step);
     let ch = e % P.c;
     let t = e / P.c;

@@ -33,6 +33,10 @@ pub struct RunOptions<'a> {
     /// Query rows per tile, whatever the memory budget says (for tests and experiments with
     /// tilings; the result does not depend on the tiling). `None`: planned under the budget.
     pub tile_rows: Option<usize>,
+    /// Patch rows per key tile (SPEC §T2), whatever the memory budget says, on the GPU and the
+    /// CPU backend (the twin always takes all patches at once). With only one of `tile_rows`
+    /// and `key_rows` set, the other side is one tile.
+    pub key_rows: Option<usize>,
 }
 
 impl std::fmt::Debug for RunOptions<'_> {
@@ -41,6 +45,7 @@ impl std::fmt::Debug for RunOptions<'_> {
             .field("progress", &self.progress.map(|_| "callback"))
             .field("queries", &self.queries)
             .field("tile_rows", &self.tile_rows)
+            .field("key_rows", &self.key_rows)
             .finish()
     }
 }
@@ -64,6 +69,19 @@ impl<'a> RunOptions<'a> {
     /// Tiles of `rows` query rows.
     pub fn tile_rows(self, rows: usize) -> Self {
         RunOptions { tile_rows: Some(rows), ..self }
+    }
+
+    /// Key tiles of `rows` patch rows.
+    pub fn key_rows(self, rows: usize) -> Self {
+        RunOptions { key_rows: Some(rows), ..self }
+    }
+
+    /// The fixed (query rows, key rows) of the options, if any is set.
+    fn fixed_tiles(&self, g: &Geometry) -> Option<(usize, usize)> {
+        match (self.tile_rows, self.key_rows) {
+            (None, None) => None,
+            (q, k) => Some((q.unwrap_or(g.hf), k.unwrap_or(g.ph))),
+        }
     }
 
     fn report(&self, done: usize, total: usize) {
@@ -174,16 +192,19 @@ impl ContextualAttention {
             Backend::Cpu => {
                 // Query and key tiles of its own (SPEC §T2), under the budget or cpu::DEFAULT_BUDGET.
                 let g = Geometry::new(&self.params, shapes.0, shapes.1, shapes.2)?;
-                let tiling = cpu::Tiling::for_call(&g, self.params.memory_budget, options.tile_rows)?;
+                let tiling = match (options.tile_rows, options.key_rows) {
+                    (q, Some(k)) => cpu::Tiling::with_rows(&g, q.unwrap_or(g.hf), k),
+                    (q, None) => cpu::Tiling::for_call(&g, self.params.memory_budget, q)?,
+                };
                 let mut ws = self.cpu_workspace.lock().unwrap_or_else(|p| p.into_inner());
                 cpu::forward(&self.params, &g, &tiling, &mut ws, f, b, mask, options.queries, &mut progress)
             }
             Backend::Reference => {
-                let (g, plan) = self.prepare(shapes.0, shapes.1, shapes.2, options.tile_rows)?;
+                let (g, plan) = self.prepare(shapes.0, shapes.1, shapes.2, options)?;
                 reference::forward(&self.params, &g, &plan, f, b, mask, options.queries, &mut progress)
             }
             Backend::Gpu(gpu) => {
-                let (g, plan) = self.prepare(shapes.0, shapes.1, shapes.2, options.tile_rows)?;
+                let (g, plan) = self.prepare(shapes.0, shapes.1, shapes.2, options)?;
                 self.submit(gpu, g, plan, f, b, mask, options.queries)?.wait(gpu, &mut progress)
             }
         }
@@ -202,7 +223,7 @@ impl ContextualAttention {
         match &self.backend {
             Backend::Cpu | Backend::Reference => self.run(f, b, mask, options),
             Backend::Gpu(gpu) => {
-                let (g, plan) = self.prepare(f.shape(), b.shape(), mask.map(|m| m.shape()), options.tile_rows)?;
+                let (g, plan) = self.prepare(f.shape(), b.shape(), mask.map(|m| m.shape()), options)?;
                 let tiles = g.batch * plan.tiles.len();
                 let out = self.submit(gpu, g, plan, f, b, mask, options.queries)?.wait_async(gpu).await?;
                 options.report(tiles, tiles);
@@ -258,20 +279,20 @@ impl ContextualAttention {
     /// The tile plan a call with these shapes would use on the GPU or the twin (the CPU backend
     /// also tiles the patches: [`cpu::Tiling::for_call`]).
     pub fn plan(&self, f: [usize; 4], b: [usize; 4], mask: Option<[usize; 4]>) -> Result<Plan> {
-        Ok(self.prepare(f, b, mask, None)?.1)
+        Ok(self.prepare(f, b, mask, &RunOptions::new())?.1)
     }
 
-    /// Checks the shapes and plans the tiles: under the memory budget, or `rows_per_tile` rows.
+    /// Checks the shapes and plans the tiles: under the memory budget, or as `options` fix them.
     fn prepare(
         &self,
         f: [usize; 4],
         b: [usize; 4],
         mask: Option<[usize; 4]>,
-        rows_per_tile: Option<usize>,
+        options: &RunOptions,
     ) -> Result<(Geometry, Plan)> {
         let g = Geometry::new(&self.params, f, b, mask)?;
-        let plan = match (rows_per_tile, &self.backend) {
-            (Some(rows), _) => Plan::with_rows(&g, rows),
+        let plan = match (options.fixed_tiles(&g), &self.backend) {
+            (Some((rows, key_rows)), _) => Plan::with_tiles(&g, rows, key_rows),
             (None, backend) => {
                 let max_binding = match backend {
                     Backend::Gpu(gpu) => gpu.max_binding(),

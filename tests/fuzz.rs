@@ -1,10 +1,10 @@
 //! Random configurations of every parameter (rate, stride, ksize, fuse and its mode, paste
 //! kernel, overlap, masking, softmax scale, batch, channels, f and b sizes, shared and
-//! per-sample masks, tile size), GPU against the CPU twin. Errors must agree too.
+//! per-sample masks, query and key tile sizes), GPU against the CPU twin. Errors must agree too.
 
 mod common;
 
-use contextual_attention::ContextualAttention;
+use contextual_attention::{ContextualAttention, RunOptions};
 
 #[test]
 fn random_configurations_agree_with_the_twin() {
@@ -14,14 +14,16 @@ fn random_configurations_agree_with_the_twin() {
     for it in 0..150 {
         let (params, f, b, mask) = common::random_case(&mut rng);
         let rows = 1 + rng.below(3);
+        // One key tile of every patch row, or tiles of 1 to 3 patch rows (SPEC §T2).
+        let key_rows = [usize::MAX, 1, 2, 3][rng.below(4)];
         let what = format!(
-            "case {it}: {params:?}, f {:?}, b {:?}, mask {:?}, {rows}-row tiles",
+            "case {it}: {params:?}, f {:?}, b {:?}, mask {:?}, {rows}-row tiles × {key_rows}-row key tiles",
             f.shape(),
             b.shape(),
             mask.as_ref().map(|m| m.shape())
         );
-        let on_gpu =
-            ContextualAttention::new(gpu, params.clone()).unwrap().forward_with_tile_rows(rows, &f, &b, mask.as_ref());
+        let options = RunOptions::new().tile_rows(rows).key_rows(key_rows);
+        let on_gpu = ContextualAttention::new(gpu, params.clone()).unwrap().run(&f, &b, mask.as_ref(), &options);
         let on_cpu = ContextualAttention::reference(params).unwrap().forward(&f, &b, mask.as_ref());
         match (on_gpu, on_cpu) {
             (Ok(g), Ok(t)) => {

@@ -1,6 +1,7 @@
-//! Tiling invariance (SPEC §T, §9.12): the result does not depend on how the query rows are
-//! split into tiles — on the GPU at model size under budgets that force several tiles, on the
-//! twin for every tile height, and on the GPU for every tile height at a small size. The tile
+//! Tiling invariance (SPEC §T, §T2, §9.12): the result does not depend on how the query rows
+//! and the patch rows are split into tiles — on the GPU at model size under budgets that force
+//! several tiles, on the twin for every tile height, and on the GPU for every query and key tile
+//! height at a small size. The tile
 //! plan itself (halo rows, cover) is checked in `tests/geometry.rs`; every extended option under
 //! tiling in `tests/extended.rs`.
 
@@ -10,7 +11,7 @@ use std::time::Instant;
 
 use common::compare::{compare, twin_rows};
 use common::{assert_close, bits, max_abs, max_abs_diff, relu_features, square_hole, to_f64, usable_hole, Rng};
-use contextual_attention::{ContextualAttention, FuseMode, Output, Params};
+use contextual_attention::{ContextualAttention, FuseMode, Masking, Output, Params, RunOptions, Tensor};
 
 /// Two runs of the same inputs agree: y within 1e-6 relative (and reports whether bit-identical),
 /// argmax identical, mass identical (within 1e-6 relative as well). Returns (bit-identical, max |Δy|).
@@ -126,41 +127,125 @@ fn tiling_invariance_gpu_small() {
 }
 
 #[test]
+fn key_tile_invariance_gpu() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new("key_tile_invariance_gpu");
+    let t0 = Instant::now();
+    // hf = 8, wf = 10 queries; b 14×12 → 7×6 patches at rate 2 (stride 1): key tiles of 1, 2
+    // and 3 rows start at patch row 0 and end at ph − 1, where the wrap-around fuse reaches
+    // the other end of the grid. Per-sample masks.
+    let f = rng.tensor([2, 16, 20, 4], -1.0, 1.0);
+    let b = rng.tensor([2, 14, 12, 4], -1.0, 1.0);
+    let base = Params { rate: 2, ..Default::default() };
+    let holes: Vec<Tensor> = (0..2).map(|_| usable_hole(&mut rng, &base, b.shape())).collect();
+    let mask = common::concat_batch(&holes);
+    let cases = [
+        Params { fuse_mode: FuseMode::Wrap, ..base.clone() },
+        Params { fuse_k: 5, masking: Masking::Exclude, ..base.clone() },
+        Params { fuse_mode: FuseMode::Spatial, ..base.clone() },
+        Params { fuse_mode: FuseMode::Spatial, masking: Masking::Exclude, ..base.clone() },
+        Params { fuse: false, ..base.clone() },
+        Params { rate: 1, stride: 2, ..base.clone() },
+        Params { rate: 1, stride: 2, masking: Masking::Exclude, fuse_mode: FuseMode::Spatial, ..base.clone() },
+    ];
+    let inspected = [(0, 0), (4, 9), (7, 3)];
+    for p in cases {
+        let layer = ContextualAttention::new(gpu, p.clone()).unwrap();
+        let whole = layer.forward_inspect(&f, &b, Some(&mask), &inspected).unwrap();
+        let ph = layer.plan(f.shape(), b.shape(), Some(mask.shape())).unwrap().keys[0].rows.len();
+        let cpu = ContextualAttention::reference(p.clone()).unwrap().forward(&f, &b, Some(&mask)).unwrap();
+        let twin = twin_rows(&p, &f, &b, Some(&mask));
+        let what = format!("{p:?}");
+        let (dy, _, agree, total) = compare(&format!("GPU one key tile vs twin, {what}"), &whole, &cpu, &twin);
+        let mut split = 0;
+        for (rows, key_rows) in [(8, 1), (8, 2), (8, 3), (1, 1), (2, 3), (3, 2), (5, 4)] {
+            let options = RunOptions::new().tile_rows(rows).key_rows(key_rows).queries(&inspected);
+            let tiled = layer.run(&f, &b, Some(&mask), &options).unwrap();
+            let at = format!("{rows}-row query tiles × {key_rows}-row key tiles, {what}");
+            assert_same_result(&at, &whole, &tiled);
+            assert_close(
+                &format!("{at}: attention rows"),
+                &tiled.attention_rows,
+                &to_f64(&whole.attention_rows),
+                1e-7,
+                1e-6,
+            );
+            split += (key_rows < ph) as usize;
+        }
+        assert!(split >= 6, "{what}: the key tiles must really split the {ph} patch rows");
+        eprintln!("key tiles {what}: one key tile vs twin max|Δy| {dy:.2e}, argmax {agree}/{total}; 7 tilings agree");
+    }
+    eprintln!("key_tile_invariance_gpu: {:.2}s", t0.elapsed().as_secs_f64());
+}
+
+/// SPEC §T2's promise: any budget that fits one small tile runs, with the same result.
+#[test]
+fn a_one_mib_budget_runs_model_features() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new("a_one_mib_budget_runs_model_features");
+    let shape = [1, 64, 64, 32];
+    let x = relu_features(&mut rng, shape);
+    let hole = square_hole(64, 64, 20, 22, 24);
+    let p = Params { rate: 2, ..Default::default() };
+    let roomy = ContextualAttention::new(gpu, p.clone()).unwrap();
+    let tight = ContextualAttention::new(gpu, Params { memory_budget: Some(1 << 20), ..p }).unwrap();
+    let plan = tight.plan(shape, shape, Some(hole.shape())).unwrap();
+    assert!(plan.tile_bytes <= 1 << 20, "working set {} B over the 1 MiB budget", plan.tile_bytes);
+    assert!(plan.keys.len() > 1, "a 1 MiB budget must split the patches too");
+    let t0 = Instant::now();
+    let (whole, tiled) = (roomy.forward(&x, &x, Some(&hole)).unwrap(), tight.forward(&x, &x, Some(&hole)).unwrap());
+    let (_, dy) = assert_same_result("64×64×32: default plan vs 1 MiB", &whole, &tiled);
+    eprintln!(
+        "1 MiB budget on 64×64×32: {} query tiles of {} rows × {} key tiles of {} rows, working set {} B; max|Δy| {dy:.2e}; {:.2}s",
+        plan.tiles.len(),
+        plan.rows_per_tile,
+        plan.keys.len(),
+        plan.key_rows_per_tile,
+        plan.tile_bytes,
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
 fn the_default_budget_is_a_target_and_an_explicit_one_a_limit() {
-    // 1080p model features (270×480×96 at rate 2): 32,400 queries and patches, a 4 GB score
-    // matrix, in one-row tiles within the default 256 MiB.
-    let shape = [1, 270, 480, 96];
-    let mask = Some([1, 270, 480, 1]);
+    use contextual_attention::geometry::Geometry;
+    use contextual_attention::plan::{BufferKind, Plan};
     let model = Params { rate: 2, ..Default::default() };
-    let plan = ContextualAttention::reference(model.clone()).unwrap().plan(shape, shape, mask).unwrap();
-    let full = 32_400u64 * 32_400 * 4;
-    eprintln!(
-        "1080p default plan: {} tiles of {} rows, {} MiB per tile (whole matrix {} MiB)",
-        plan.tiles.len(),
-        plan.rows_per_tile,
-        plan.tile_bytes >> 20,
-        full >> 20
-    );
-    assert!(plan.tile_bytes <= 256 << 20 && plan.tiles.len() == 135);
-    // 2560×1600 (400×640×96): one-row tiles need more than 256 MiB. The default budget is a
-    // target and uses them anyway; the same budget given explicitly is a limit.
-    let (shape, mask) = ([1, 400, 640, 96], Some([1, 400, 640, 1]));
-    let plan = ContextualAttention::reference(model.clone()).unwrap().plan(shape, shape, mask).unwrap();
-    eprintln!(
-        "2560x1600 default plan: {} tiles of {} rows, {} MiB per tile",
-        plan.tiles.len(),
-        plan.rows_per_tile,
-        plan.tile_bytes >> 20
-    );
-    assert!(plan.rows_per_tile == 1 && plan.tile_bytes > 256 << 20);
-    let strict = ContextualAttention::reference(Params { memory_budget: Some(256 << 20), ..model.clone() }).unwrap();
-    match strict.plan(shape, shape, mask) {
+    // 1080p, 2560×1600 and 4K model features: query × key tiles (SPEC §T2) fit the default
+    // 256 MiB with no buffer over WebGPU's default 128 MiB binding, though at 4K one query row
+    // of scores alone would take 2 GB.
+    for shape in [[1, 270, 480, 96], [1, 400, 640, 96], [1, 540, 960, 96]] {
+        let g = Geometry::new(&model, shape, shape, Some([1, shape[1], shape[2], 1])).unwrap();
+        let plan = Plan::targeting(&g, 256 << 20, 128 << 20).unwrap();
+        let buffers = plan.buffers(&g, true, 0);
+        let working: u64 = buffers.iter().filter(|b| b.kind == BufferKind::Working).map(|b| b.bytes).sum();
+        let largest = buffers.iter().filter(|b| b.kind == BufferKind::Working).max_by_key(|b| b.bytes).unwrap();
+        eprintln!(
+            "{shape:?}: {} query tiles of {} rows × {} key tiles of {} rows; working set {} MiB, largest {} ({} MiB)",
+            plan.tiles.len(),
+            plan.rows_per_tile,
+            plan.keys.len(),
+            plan.key_rows_per_tile,
+            working >> 20,
+            largest.name,
+            largest.bytes >> 20
+        );
+        assert!(working <= 256 << 20 && largest.bytes <= 128 << 20);
+        assert!(plan.tile_bytes <= working, "the plan's working set leaves out the index tables only");
+    }
+    // A budget below the smallest tiles: as the default (a target) the smallest tiles run; given
+    // explicitly (a limit) it is refused with a message that says what to do.
+    let g = Geometry::new(&model, [1, 64, 64, 32], [1, 64, 64, 32], None).unwrap();
+    let smallest = Plan::with_tiles(&g, 1, 1);
+    let target = Plan::targeting(&g, 1024, u64::MAX).unwrap();
+    assert_eq!((target.tiles.len(), target.keys.len()), (smallest.tiles.len(), smallest.keys.len()));
+    match Plan::new(&g, 1024, u64::MAX) {
         Err(err @ contextual_attention::Error::MemoryBudget { .. }) => {
             assert!(err.to_string().contains("raise the memory budget"), "{err}")
         }
-        other => panic!("an explicit 256 MiB budget must be refused, got {:?}", other.map(|p| p.tiles.len())),
+        other => panic!("an explicit 1 KiB budget must be refused, got {:?}", other.map(|p| p.tiles.len())),
     }
-    // With room, tiles grow.
-    let roomy = ContextualAttention::reference(Params { memory_budget: Some(4 << 30), ..model }).unwrap();
-    assert!(roomy.plan(shape, shape, mask).unwrap().rows_per_tile > 1);
+    // With room, tiles grow: one query tile and one key tile.
+    let roomy = Plan::new(&g, 1 << 30, u64::MAX).unwrap();
+    assert_eq!((roomy.tiles.len(), roomy.keys.len()), (1, 1));
 }

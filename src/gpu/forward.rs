@@ -1,8 +1,13 @@
-//! The whole layer on the GPU: the buffers of a call, the index tables, and the chain of stages
-//! ([`crate::chain`]) recorded as dispatches, submitted one query tile at a time, and read back
-//! once.
+//! The whole layer on the GPU (SPEC §2, §T2): the buffers of a call, the index tables, and the
+//! dispatches of every query tile × key tile, submitted one query tile at a time and read back
+//! once. Per batch item: the downscales and the mask validity; per query tile its query patches;
+//! per key tile the tile's matching patches, the scores GEMM, the two fuse passes, the online
+//! softmax (which rescales the paste accumulator), the tile's raw patches and the paste GEMM
+//! added into the accumulator; per query tile the softmax's finish and the fold; per item the
+//! normalisation. Only the downscaled images and L-sized vectors grow with the image beyond the
+//! inputs and y: the per-tile buffers are bounded by the [`Plan`].
 
-use crate::chain::{self, inspected_in, Input, Stages, TileAt};
+use crate::chain::inspected_in;
 use crate::error::{Error, Result};
 use crate::geometry::{FusePass, Geometry};
 use crate::gpu::context::Gpu;
@@ -13,7 +18,7 @@ use crate::gpu::stages::{
 };
 use crate::output::Output;
 use crate::params::Params;
-use crate::plan::{Plan, Tile};
+use crate::plan::{readback_bytes, Plan, Tile};
 use crate::tensor::Tensor;
 
 /// Creates a storage buffer of `len` 4-byte elements after checking it against the device limits.
@@ -31,31 +36,32 @@ pub(crate) fn storage(gpu: &Gpu, name: &'static str, len: usize) -> Result<wgpu:
     }))
 }
 
-/// Offsets of one tile's row lists and slot maps in the index buffer.
+/// Offsets of one tile's row lists and slot maps in the index buffer (query or key tile).
 struct TileIndex {
     raw_rows: u32,
     raw_slots: u32,
     pass1_rows: u32,
     pass1_slots: u32,
     rows: u32,
-    /// (row in the tile's attention, row in the output) of each inspected query in the tile.
-    pairs: u32,
-    pairs_len: usize,
 }
 
-/// The u32 tables the shaders read: NN index maps, then per tile its row lists and slot maps.
+/// The u32 tables the shaders read: NN index maps, then per query tile and per key tile its
+/// row lists and slot maps, then per query tile the inspected queries' pairs.
 struct IndexTable {
     data: Vec<u32>,
     f_rows: u32,
     f_cols: u32,
     b_rows: u32,
     b_cols: u32,
-    tiles: Vec<TileIndex>,
+    query: Vec<TileIndex>,
+    keys: Vec<TileIndex>,
+    /// Per query tile: offset of its (row in the tile, row in the output) pairs, and their count.
+    pairs: Vec<(u32, usize)>,
 }
 
 impl IndexTable {
     fn new(g: &Geometry, plan: &Plan, queries: &[(usize, usize)]) -> IndexTable {
-        let mut data = Vec::new();
+        let mut data = Vec::with_capacity(plan.index_len(g, queries.len()));
         let push = |data: &mut Vec<u32>, v: &[u32]| -> u32 {
             let at = data.len() as u32;
             data.extend_from_slice(v);
@@ -66,27 +72,35 @@ impl IndexTable {
         let f_cols = push(&mut data, &g.f_cols);
         let b_rows = push(&mut data, &g.b_rows);
         let b_cols = push(&mut data, &g.b_cols);
-        let tiles = plan
+        let side = |data: &mut Vec<u32>, tiles: &[Tile], h: usize| -> Vec<TileIndex> {
+            tiles
+                .iter()
+                .map(|t| TileIndex {
+                    raw_rows: push(data, &as_u32(&t.raw_rows)),
+                    raw_slots: push(data, &Tile::slot_map(&t.raw_rows, h)),
+                    pass1_rows: push(data, &as_u32(&t.pass1_rows)),
+                    pass1_slots: push(data, &Tile::slot_map(&t.pass1_rows, h)),
+                    rows: push(data, &as_u32(&t.rows.clone().collect::<Vec<_>>())),
+                })
+                .collect()
+        };
+        let query = side(&mut data, &plan.tiles, g.hf);
+        let keys = side(&mut data, &plan.keys, g.ph);
+        let pairs = plan
             .tiles
             .iter()
             .map(|t| {
                 let pairs: Vec<u32> = inspected_in(t, g.wf, queries).into_iter().flat_map(|(a, b)| [a, b]).collect();
-                TileIndex {
-                    raw_rows: push(&mut data, &as_u32(&t.raw_rows)),
-                    raw_slots: push(&mut data, &Tile::slot_map(&t.raw_rows, g.hf)),
-                    pass1_rows: push(&mut data, &as_u32(&t.pass1_rows)),
-                    pass1_slots: push(&mut data, &Tile::slot_map(&t.pass1_rows, g.hf)),
-                    rows: push(&mut data, &as_u32(&t.rows.clone().collect::<Vec<_>>())),
-                    pairs: push(&mut data, &pairs),
-                    pairs_len: pairs.len() / 2,
-                }
+                (push(&mut data, &pairs), pairs.len() / 2)
             })
             .collect();
-        IndexTable { data, f_rows, f_cols, b_rows, b_cols, tiles }
+        debug_assert_eq!(data.len(), plan.index_len(g, queries.len()));
+        IndexTable { data, f_rows, f_cols, b_rows, b_cols, query, keys, pairs }
     }
 }
 
-/// Every buffer a call keeps between calls of the same sizes, named for what it holds.
+/// Every buffer a call keeps between calls of the same sizes, named for what it holds; sized by
+/// [`Plan::working_buffers`], the list `plan` prints.
 struct Buffers {
     f: wgpu::Buffer,
     b: wgpu::Buffer,
@@ -94,16 +108,18 @@ struct Buffers {
     downscaled_f: wgpu::Buffer,
     downscaled_b: wgpu::Buffer,
     downscaled_mask: wgpu::Buffer,
+    validity: wgpu::Buffer,
+    query_patches: wgpu::Buffer,
     matching_patches: wgpu::Buffer,
     patch_norms: wgpu::Buffer,
-    validity: wgpu::Buffer,
-    raw_patches: wgpu::Buffer,
-    query_patches: wgpu::Buffer,
-    /// The raw scores of a tile's rows; after the fuse's second pass (or at once without fuse)
-    /// the tile's scores, which the softmax turns into its attention in place.
-    raw_scores: wgpu::Buffer,
+    /// The raw scores of a query tile × key tile; after the fuse's second pass (or at once
+    /// without fuse) the tile's scores, which the softmax turns into paste weights in place.
+    scores: wgpu::Buffer,
     first_fuse_pass: wgpu::Buffer,
+    raw_patches: wgpu::Buffer,
+    /// The query tile's paste, accumulated over key tiles.
     pasted_columns: wgpu::Buffer,
+    softmax_state: wgpu::Buffer,
     y: wgpu::Buffer,
     argmax: wgpu::Buffer,
     mass: wgpu::Buffer,
@@ -124,29 +140,31 @@ pub(crate) struct Workspace {
 
 impl Buffers {
     fn new(gpu: &Gpu, g: &Geometry, plan: &Plan) -> Result<Buffers> {
-        let (c, l) = (g.channels, g.patches());
-        let (hf_full, wf_full) = g.f_size;
-        let (hb_full, wb_full) = g.b_size;
-        let max_raw = plan.tiles.iter().map(|t| t.raw_rows.len()).max().unwrap_or(0);
-        let max_pass1 = plan.tiles.iter().map(|t| t.pass1_rows.len()).max().unwrap_or(0);
-        let max_rows = plan.tiles.iter().map(|t| t.rows.len()).max().unwrap_or(0);
-        let y_len = g.batch * hf_full * wf_full * c;
+        let working = Plan::working_buffers(g, &plan.tiles, &plan.keys);
+        let buffer = |name: &'static str| -> Result<wgpu::Buffer> {
+            // "first fuse pass" is listed only with fuse on.
+            let len = working.iter().find(|w| w.0 == name).map_or(1, |w| w.1 as usize);
+            storage(gpu, name, len)
+        };
+        let ((hf_full, wf_full), (hb_full, wb_full)) = (g.f_size, g.b_size);
+        let y_len = g.batch * hf_full * wf_full * g.channels;
         let nq = g.batch * g.queries();
         Ok(Buffers {
             f: storage(gpu, "f", y_len)?,
-            b: storage(gpu, "b", g.batch * hb_full * wb_full * c)?,
+            b: storage(gpu, "b", g.batch * hb_full * wb_full * g.channels)?,
             mask: storage(gpu, "mask", g.mask_batch.max(1) * hb_full * wb_full)?,
-            downscaled_f: storage(gpu, "downscaled f", g.queries() * c)?,
-            downscaled_b: storage(gpu, "downscaled b", g.hb * g.wb * c)?,
-            downscaled_mask: storage(gpu, "downscaled mask", g.hb * g.wb)?,
-            matching_patches: storage(gpu, "matching patches", l * g.match_len())?,
-            patch_norms: storage(gpu, "patch norms", l)?,
-            validity: storage(gpu, "mask validity", l)?,
-            raw_patches: storage(gpu, "raw patches", l * g.raw_len())?,
-            query_patches: storage(gpu, "query patches", max_raw * g.wf * g.match_len())?,
-            raw_scores: storage(gpu, "raw scores", max_raw * g.wf * l)?,
-            first_fuse_pass: storage(gpu, "first fuse pass", max_pass1 * g.wf * l)?,
-            pasted_columns: storage(gpu, "pasted columns", max_rows * g.wf * g.raw_len())?,
+            downscaled_f: buffer("downscaled f")?,
+            downscaled_b: buffer("downscaled b")?,
+            downscaled_mask: buffer("downscaled mask")?,
+            validity: buffer("mask validity")?,
+            query_patches: buffer("query patches")?,
+            matching_patches: buffer("matching patches")?,
+            patch_norms: buffer("patch norms")?,
+            scores: buffer("scores")?,
+            first_fuse_pass: buffer("first fuse pass")?,
+            raw_patches: buffer("raw patches")?,
+            pasted_columns: buffer("pasted columns")?,
+            softmax_state: buffer("softmax state")?,
             y: storage(gpu, "y", y_len)?,
             argmax: storage(gpu, "argmax", nq)?,
             mass: storage(gpu, "attention mass", nq)?,
@@ -154,12 +172,12 @@ impl Buffers {
     }
 }
 
-/// The chain recorded as dispatches: the kept buffers, the call's own index tables and
-/// attention rows, and the recorder.
+/// Records every dispatch of one call.
 struct Recording<'a> {
     rec: Recorder,
     g: &'a Geometry,
     params: &'a Params,
+    plan: &'a Plan,
     bufs: &'a Buffers,
     index: &'a IndexTable,
     index_buf: &'a wgpu::Buffer,
@@ -168,105 +186,109 @@ struct Recording<'a> {
     queries: usize,
 }
 
-impl Stages for Recording<'_> {
-    fn downscale(&mut self, input: Input, n: usize) -> Result<()> {
+impl Recording<'_> {
+    fn item(&mut self, n: usize, has_mask: bool) -> Result<()> {
         let (g, bufs, ix) = (self.g, self.bufs, self.index);
         let (c, (hf_full, wf_full), (hb_full, wb_full)) = (g.channels, g.f_size, g.b_size);
-        let (p, src, dst) = match input {
-            Input::F => {
-                let p = downscale::params(n * hf_full * wf_full * c, wf_full, c, (ix.f_rows, ix.f_cols), (g.hf, g.wf))?;
-                (p, &bufs.f, &bufs.downscaled_f)
+        let p = downscale::params(n * hf_full * wf_full * c, wf_full, c, (ix.f_rows, ix.f_cols), (g.hf, g.wf))?;
+        downscale::record(&mut self.rec, &p, &bufs.f, self.index_buf, &bufs.downscaled_f)?;
+        let p = downscale::params(n * hb_full * wb_full * c, wb_full, c, (ix.b_rows, ix.b_cols), (g.hb, g.wb))?;
+        downscale::record(&mut self.rec, &p, &bufs.b, self.index_buf, &bufs.downscaled_b)?;
+        // A shared mask once, a per-sample mask once per item; without one, validity stays all ones.
+        if has_mask && (g.mask_batch > 1 || n == 0) {
+            let m = if g.mask_batch > 1 { n } else { 0 };
+            let p = downscale::params(m * hb_full * wb_full, wb_full, 1, (ix.b_rows, ix.b_cols), (g.hb, g.wb))?;
+            downscale::record(&mut self.rec, &p, &bufs.mask, self.index_buf, &bufs.downscaled_mask)?;
+            let p = mask_validity::params(g)?;
+            mask_validity::record(&mut self.rec, &p, &bufs.downscaled_mask, &bufs.validity)?;
+        }
+        for t in 0..self.plan.tiles.len() {
+            self.query_tile(n, t)?;
+            self.rec.split();
+        }
+        let p = normalize::params(g, n, self.params.overlap)?;
+        normalize::record(&mut self.rec, &p, &bufs.y)
+    }
+
+    /// Query tile `t` of item `n` against every key tile, then its fold into y.
+    fn query_tile(&mut self, n: usize, t: usize) -> Result<()> {
+        let (g, bufs, pr) = (self.g, self.bufs, self.params);
+        let (qt, qi) = (&self.plan.tiles[t], &self.index.query[t]);
+        let (wf, pw, p) = (g.wf, g.pw, g.raw_len());
+        let nq = qt.rows.len() * wf;
+        let (pairs_off, pairs) = self.index.pairs[t];
+        let first_row = n * self.queries;
+        let qp = query_patches::params(g, qt.raw_rows.len(), qi.raw_rows)?;
+        query_patches::record(&mut self.rec, &qp, &bufs.downscaled_f, self.index_buf, &bufs.query_patches)?;
+        for (k, kt) in self.plan.keys.iter().enumerate() {
+            let ki = &self.index.keys[k];
+            let (nk, nk_raw) = (kt.rows.len() * pw, kt.raw_rows.len() * pw);
+            let mp = matching_patches::params(g, kt.raw_rows.len(), ki.raw_rows)?;
+            let (index, norms) = (self.index_buf, &bufs.patch_norms);
+            matching_patches::record(&mut self.rec, &mp, &bufs.downscaled_b, index, &bufs.matching_patches, norms)?;
+            let sp = gemm::params(qt.raw_rows.len() * wf, nk_raw, g.match_len(), true)?;
+            gemm::record(&mut self.rec, &gemm::SCORES, &sp, &bufs.query_patches, &bufs.matching_patches, &bufs.scores)?;
+            if g.fuse.is_some() {
+                let side = |i: &TileIndex, t: &Tile, pass: FusePass| match pass {
+                    FusePass::Rows => fuse::Side {
+                        in_slots_off: i.raw_slots,
+                        out_rows_off: i.pass1_rows,
+                        in_rows: t.raw_rows.len(),
+                        out_rows: t.pass1_rows.len(),
+                    },
+                    FusePass::Cols => fuse::Side {
+                        in_slots_off: i.pass1_slots,
+                        out_rows_off: i.rows,
+                        in_rows: t.pass1_rows.len(),
+                        out_rows: t.rows.len(),
+                    },
+                };
+                // The second pass writes into the raw scores' buffer, free once the first has read it.
+                for (pass, src, dst) in
+                    [(FusePass::Rows, &bufs.scores, &bufs.first_fuse_pass), (FusePass::Cols, &bufs.first_fuse_pass, &bufs.scores)]
+                {
+                    let fp = fuse::params(g, pass, side(qi, qt, pass), side(ki, kt, pass))?;
+                    fuse::record(&mut self.rec, &fp, src, self.index_buf, dst)?;
+                }
             }
-            Input::B => {
-                let p = downscale::params(n * hb_full * wb_full * c, wb_full, c, (ix.b_rows, ix.b_cols), (g.hb, g.wb))?;
-                (p, &bufs.b, &bufs.downscaled_b)
+            let first = kt.rows.start * pw;
+            if pairs > 0 {
+                // The fused scores, before the softmax turns them into weights.
+                let ap = attention_rows::params(
+                    pairs,
+                    g.patches(),
+                    pairs_off,
+                    first_row,
+                    attention_rows::Phase::Copy { col0: first, cols: nk },
+                )?;
+                let (state, validity) = (&bufs.softmax_state, &bufs.validity);
+                attention_rows::record(&mut self.rec, &ap, &bufs.scores, index, self.attention_rows, state, validity)?;
             }
-            Input::Mask => {
-                let p = downscale::params(n * hb_full * wb_full, wb_full, 1, (ix.b_rows, ix.b_cols), (g.hb, g.wb))?;
-                (p, &bufs.mask, &bufs.downscaled_mask)
-            }
-        };
-        downscale::record(&mut self.rec, &p, src, self.index_buf, dst)
+            let phase = softmax::Phase::Update { first, cols: nk, first_tile: k == 0 };
+            self.softmax(n, t, phase)?;
+            let rp = raw_patches::params(g, n * g.b_size.0 * g.b_size.1 * g.channels, first..first + nk)?;
+            raw_patches::record(&mut self.rec, &rp, &bufs.b, &bufs.raw_patches)?;
+            let pp = gemm::params(nq, p, nk, false)?;
+            gemm::record(&mut self.rec, &gemm::PASTE, &pp, &bufs.scores, &bufs.raw_patches, &bufs.pasted_columns)?;
+        }
+        self.softmax(n, t, softmax::Phase::Finish)?;
+        if pairs > 0 {
+            let finish = attention_rows::Phase::Finish { scale: pr.softmax_scale, masking: pr.masking };
+            let ap = attention_rows::params(pairs, g.patches(), pairs_off, first_row, finish)?;
+            let (state, validity) = (&bufs.softmax_state, &bufs.validity);
+            attention_rows::record(&mut self.rec, &ap, &bufs.scores, self.index_buf, self.attention_rows, state, validity)?;
+        }
+        let fp = fold::params(g, qt.rows.clone(), n)?;
+        fold::record(&mut self.rec, &fp, &bufs.pasted_columns, &bufs.y)
     }
 
-    fn matching_patches(&mut self) -> Result<()> {
-        let b = self.bufs;
-        let p = matching_patches::params(self.g)?;
-        matching_patches::record(&mut self.rec, &p, &b.downscaled_b, &b.matching_patches, &b.patch_norms)
-    }
-
-    fn mask_validity(&mut self) -> Result<()> {
-        let p = mask_validity::params(self.g)?;
-        mask_validity::record(&mut self.rec, &p, &self.bufs.downscaled_mask, &self.bufs.validity)
-    }
-
-    fn raw_patches(&mut self, n: usize) -> Result<()> {
-        let g = self.g;
-        let p = raw_patches::params(g, n * g.b_size.0 * g.b_size.1 * g.channels)?;
-        raw_patches::record(&mut self.rec, &p, &self.bufs.b, &self.bufs.raw_patches)
-    }
-
-    fn query_patches(&mut self, t: TileAt) -> Result<()> {
-        let p = query_patches::params(self.g, t.tile.raw_rows.len(), self.index.tiles[t.index].raw_rows)?;
-        query_patches::record(&mut self.rec, &p, &self.bufs.downscaled_f, self.index_buf, &self.bufs.query_patches)
-    }
-
-    fn scores(&mut self, t: TileAt) -> Result<()> {
-        let (g, b) = (self.g, self.bufs);
-        let p = gemm::params(t.tile.raw_rows.len() * g.wf, g.patches(), g.match_len(), true)?;
-        gemm::record(&mut self.rec, &gemm::SCORES, &p, &b.query_patches, &b.matching_patches, &b.raw_scores)
-    }
-
-    fn fuse(&mut self, t: TileAt, pass: FusePass) -> Result<()> {
-        let (g, b, ti) = (self.g, self.bufs, &self.index.tiles[t.index]);
-        // The second pass writes into the raw scores' buffer, free once the first pass has read it.
-        let (p, src, dst) = match pass {
-            FusePass::Rows => {
-                let p = fuse::params(g, pass, t.tile.pass1_rows.len(), ti.raw_slots, ti.pass1_rows)?;
-                (p, &b.raw_scores, &b.first_fuse_pass)
-            }
-            FusePass::Cols => {
-                let p = fuse::params(g, pass, t.tile.rows.len(), ti.pass1_slots, ti.rows)?;
-                (p, &b.first_fuse_pass, &b.raw_scores)
-            }
-        };
-        fuse::record(&mut self.rec, &p, src, self.index_buf, dst)
-    }
-
-    fn softmax(&mut self, t: TileAt, n: usize) -> Result<()> {
+    fn softmax(&mut self, n: usize, t: usize, phase: softmax::Phase) -> Result<()> {
         let (g, b, pr) = (self.g, self.bufs, self.params);
-        let rows = t.tile.rows.len() * g.wf;
-        let out_off = n * g.queries() + t.tile.rows.start * g.wf;
-        let p = softmax::params(rows, g.patches(), pr.softmax_scale, pr.masking, out_off)?;
-        softmax::record(&mut self.rec, &p, &b.raw_scores, &b.validity, &b.argmax, &b.mass)
-    }
-
-    fn attention_rows(&mut self, t: TileAt, n: usize) -> Result<()> {
-        let ti = &self.index.tiles[t.index];
-        // Destination rows are numbered per call; item n's start at n·Q.
-        let p = attention_rows::params(ti.pairs_len, self.g.patches(), ti.pairs, n * self.queries)?;
-        attention_rows::record(&mut self.rec, &p, &self.bufs.raw_scores, self.index_buf, self.attention_rows)
-    }
-
-    fn paste(&mut self, t: TileAt) -> Result<()> {
-        let (g, b) = (self.g, self.bufs);
-        let p = gemm::params(t.tile.rows.len() * g.wf, g.raw_len(), g.patches(), false)?;
-        gemm::record(&mut self.rec, &gemm::PASTE, &p, &b.raw_scores, &b.raw_patches, &b.pasted_columns)
-    }
-
-    fn fold(&mut self, t: TileAt, n: usize) -> Result<()> {
-        let p = fold::params(self.g, t.tile.rows.clone(), n)?;
-        fold::record(&mut self.rec, &p, &self.bufs.pasted_columns, &self.bufs.y)
-    }
-
-    fn end_tile(&mut self, _: TileAt, _: usize) -> Result<()> {
-        self.rec.split();
-        Ok(())
-    }
-
-    fn normalize(&mut self, n: usize) -> Result<()> {
-        let p = normalize::params(self.g, n, self.params.overlap)?;
-        normalize::record(&mut self.rec, &p, &self.bufs.y)
+        let qt = &self.plan.tiles[t];
+        let out_off = n * g.queries() + qt.rows.start * g.wf;
+        let p = softmax::params(qt.rows.len() * g.wf, phase, g.raw_len(), pr.softmax_scale, pr.masking, out_off)?;
+        let (state, acc) = (&b.softmax_state, &b.pasted_columns);
+        softmax::record(&mut self.rec, &p, &b.scores, &b.validity, state, acc, &b.argmax, &b.mass)
     }
 }
 
@@ -324,13 +346,16 @@ pub(crate) fn submit(
         rec: Recorder::new(&gpu.device),
         g: &g,
         params,
+        plan: &plan,
         bufs,
         index: &index,
         index_buf: &index_buf,
         attention_rows: &rows,
         queries: queries.len(),
     };
-    chain::run(&mut recording, &g, &plan, mask.is_some(), queries)?;
+    for n in 0..g.batch {
+        recording.item(n, mask.is_some())?;
+    }
     let rec = recording.rec;
 
     // GPU time of the pass from timestamp queries, where the device has them.
@@ -356,8 +381,8 @@ pub(crate) fn submit(
     let nq_bytes = (g.batch * g.queries() * 4) as u64;
     let y_len = (g.batch * g.f_size.0 * g.f_size.1 * g.channels * 4) as u64;
     let rows_bytes = (rows_len * 4) as u64;
-    let ts_at = (y_len + 2 * nq_bytes + rows_bytes).div_ceil(8) * 8;
-    let out_bytes = ts_at + if timestamps.is_some() { 16 } else { 0 };
+    let ts_at = readback_bytes(y_len / 4, nq_bytes / 4, rows_bytes / 4, false);
+    let out_bytes = readback_bytes(y_len / 4, nq_bytes / 4, rows_bytes / 4, timestamps.is_some());
     let limit = gpu.device.limits().max_buffer_size;
     if out_bytes > limit {
         return Err(Error::BufferTooLarge { name: "readback", size: out_bytes, limit, what: "buffer" });

@@ -1,6 +1,6 @@
 //! Stage `gemm` (SPEC §2.7, §2.10): the layer's two matrix products, one shader compiled twice
 //! through its `TRANS_B` override: the matching scores `query_patches · matching_patchesᵀ` and
-//! the paste `attention · raw_patches`. Shader `shaders/gemm.wgsl`; twins
+//! the paste `weights · raw_patches`, added to the accumulator (`ACCUMULATE`). Shader `shaders/gemm.wgsl`; twins
 //! [`crate::reference::gemm_nt`] and [`crate::reference::gemm_nn`].
 
 use bytemuck::{Pod, Zeroable};
@@ -33,17 +33,17 @@ pub(crate) static SCORES: Kernel<Params> = Kernel::new(
     include_str!("../../../shaders/gemm.wgsl"),
     STORAGE,
     [16, 16, 1],
-    &[("TRANS_B", 1.0)],
+    &[("TRANS_B", 1.0), ("ACCUMULATE", 0.0)],
 );
 
-/// `[m, k] · [k, n]`: the paste.
+/// `c += [m, k] · [k, n]`: the paste of a key tile into the query tile's accumulator.
 pub(crate) static PASTE: Kernel<Params> = Kernel::new(
     "paste_gemm",
     "gemm.wgsl",
     include_str!("../../../shaders/gemm.wgsl"),
     STORAGE,
     [16, 16, 1],
-    &[("TRANS_B", 0.0)],
+    &[("TRANS_B", 0.0), ("ACCUMULATE", 1.0)],
 );
 
 /// `[m, k] · [n, k]ᵀ` (`trans_b`) or `[m, k] · [k, n]`, all contiguous.
@@ -70,12 +70,14 @@ pub(crate) fn record(
     rec.grid(kernel, p, [a, b, c], (p.n.div_ceil(TILE), p.m.div_ceil(TILE)))
 }
 
-/// `a [m, k] · b [n, k]ᵀ` (`trans_b`, the scores) or `a [m, k] · b [k, n]` (the paste), alone
-/// on `gpu`.
+/// `a [m, k] · b [n, k]ᵀ` (`trans_b`, the scores) or `a [m, k] · b [k, n]` (the paste, added
+/// to zeros), alone on `gpu`.
 pub fn run(gpu: &Gpu, a: &[f32], b: &[f32], m: usize, n: usize, k: usize, trans_b: bool) -> Result<Vec<f32>> {
     let mut s = Single::new(gpu);
     let p = params(m, n, k, trans_b)?;
-    let (ab, bb, cb) = (s.input(a), s.input(b), s.poisoned(m * n));
+    // The scores overwrite their output (poisoned, so a missed element shows); the paste adds.
+    let cb = if trans_b { s.poisoned(m * n) } else { s.input(&vec![0.0f32; (m * n).max(1)]) };
+    let (ab, bb) = (s.input(a), s.input(b));
     record(&mut s.rec, if trans_b { &SCORES } else { &PASTE }, &p, &ab, &bb, &cb)?;
     Ok(floats(s.finish(&[(&cb, m * n)])?.remove(0)))
 }

@@ -22,20 +22,22 @@ pub(crate) struct Params {
     pub pad_y: u32,
     pub pad_x: u32,
     pub grid_w: u32,
+    pub rows_off: u32,
 }
 
 pub(crate) static KERNEL: Kernel<Params> = Kernel::new(
     "matching_patches",
     "matching_patches.wgsl",
     include_str!("../../../shaders/matching_patches.wgsl"),
-    &[Access::Read, Access::ReadWrite, Access::ReadWrite],
+    &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite],
     [64, 1, 1],
     &[],
 );
 
-pub(crate) fn params(g: &Geometry) -> Result<Params> {
+/// The patches of `rows` patch-grid rows, listed at `rows_off` of the index table.
+pub(crate) fn params(g: &Geometry, rows: usize, rows_off: u32) -> Result<Params> {
     Ok(Params {
-        count: u32_of("matching patches", g.patches())?,
+        count: u32_of("matching patches", rows * g.pw)?,
         h: g.hb as u32,
         w: g.wb as u32,
         c: g.channels as u32,
@@ -44,6 +46,7 @@ pub(crate) fn params(g: &Geometry) -> Result<Params> {
         pad_y: g.match_pad.0 as u32,
         pad_x: g.match_pad.1 as u32,
         grid_w: g.pw as u32,
+        rows_off,
     })
 }
 
@@ -51,18 +54,21 @@ pub(crate) fn record(
     rec: &mut Recorder,
     p: &Params,
     downscaled_b: &wgpu::Buffer,
+    index: &wgpu::Buffer,
     patches: &wgpu::Buffer,
     norms: &wgpu::Buffer,
 ) -> Result<()> {
-    rec.linear(&KERNEL, p, [downscaled_b, patches, norms], p.count as u64)
+    rec.linear(&KERNEL, p, [downscaled_b, index, patches, norms], p.count as u64)
 }
 
 /// Normalised matching patches `[L, k·k·C]` and norms `[L]` of b′ `[hb, wb, C]`, alone on `gpu`.
 pub fn run(gpu: &Gpu, downscaled_b: &[f32], g: &Geometry) -> Result<(Vec<f32>, Vec<f32>)> {
     let mut s = Single::new(gpu);
     let l = g.patches();
-    let (src, patches, norms) = (s.input(downscaled_b), s.poisoned(l * g.match_len()), s.poisoned(l));
-    record(&mut s.rec, &params(g)?, &src, &patches, &norms)?;
+    let rows: Vec<u32> = (0..g.ph as u32).collect();
+    let (src, index) = (s.input(downscaled_b), s.input(&rows));
+    let (patches, norms) = (s.poisoned(l * g.match_len()), s.poisoned(l));
+    record(&mut s.rec, &params(g, g.ph, 0)?, &src, &index, &patches, &norms)?;
     let mut out = s.finish(&[(&patches, l * g.match_len()), (&norms, l)])?;
     let norms = floats(out.remove(1));
     Ok((floats(out.remove(0)), norms))

@@ -23,6 +23,7 @@ pub(crate) struct Params {
     pub pad_y: u32,
     pub pad_x: u32,
     pub grid_w: u32,
+    pub first: u32,
 }
 
 pub(crate) static KERNEL: Kernel<Params> = Kernel::new(
@@ -34,10 +35,10 @@ pub(crate) static KERNEL: Kernel<Params> = Kernel::new(
     &[],
 );
 
-/// Raw patches of the batch item at element `src_off` of b.
-pub(crate) fn params(g: &Geometry, src_off: usize) -> Result<Params> {
+/// Raw patches `patches` (a range of patch indices) of the batch item at element `src_off` of b.
+pub(crate) fn params(g: &Geometry, src_off: usize, patches: std::ops::Range<usize>) -> Result<Params> {
     Ok(Params {
-        count: u32_of("raw patches", g.patches() * g.raw_len())?,
+        count: u32_of("raw patches", patches.len() * g.raw_len())?,
         src_off: u32_of("raw patches", src_off)?,
         h: g.b_size.0 as u32,
         w: g.b_size.1 as u32,
@@ -47,6 +48,7 @@ pub(crate) fn params(g: &Geometry, src_off: usize) -> Result<Params> {
         pad_y: g.raw_pad.0 as u32,
         pad_x: g.raw_pad.1 as u32,
         grid_w: g.pw as u32,
+        first: u32_of("raw patches", patches.start)?,
     })
 }
 
@@ -57,7 +59,7 @@ pub(crate) fn record(rec: &mut Recorder, p: &Params, b: &wgpu::Buffer, raw_patch
 /// Raw patches `[L, K·K·C]` of full-resolution b `[Hb, Wb, C]`, alone on `gpu`.
 pub fn run(gpu: &Gpu, b: &[f32], g: &Geometry) -> Result<Vec<f32>> {
     let mut s = Single::new(gpu);
-    let p = params(g, 0)?;
+    let p = params(g, 0, 0..g.patches())?;
     let (src, dst) = (s.input(b), s.poisoned(p.count as usize));
     record(&mut s.rec, &p, &src, &dst)?;
     Ok(floats(s.finish(&[(&dst, p.count as usize)])?.remove(0)))
