@@ -2,7 +2,9 @@
 // (TF "SAME", pad before from the host), each divided by max(‖patch‖, 1e-4) with the norm taken
 // over the padded window. Element order inside a patch is (dy, dx, c). Only the patches of the
 // patch-grid rows listed in `index` (a key tile with its fuse halo, SPEC §T2) are written, as a
-// panel [rows·pw, k·k·C]. One invocation per patch; it also writes the patch's norm.
+// panel [rows·pw, k·k·C]. b′ is not stored: its pixels are read from b through the NN index
+// maps of the downscale (SPEC §2.5, §T2). One invocation per patch; it also writes the patch's
+// norm.
 
 struct Params {
     count: u32,  // patches in the listed rows
@@ -15,12 +17,16 @@ struct Params {
     pad_x: u32,  // zero padding before, columns
     grid_w: u32, // patches per row, pw
     rows_off: u32, // offset of the patch-row list in `index`
+    src_off: u32,  // element offset of the batch item in `b`
+    full_w: u32,   // width of b
+    map_rows: u32, // offset of the NN row map (b′ row → b row) in `index`
+    map_cols: u32, // offset of the NN column map
 }
 
 const WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> downscaled_b: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read> index: array<u32>;
 @group(0) @binding(3) var<storage, read_write> patches: array<f32>;
 @group(0) @binding(4) var<storage, read_write> norms: array<f32>;
@@ -28,7 +34,9 @@ const WG: u32 = 64u;
 fn fetch(origin: vec2<u32>, dy: u32, dx: u32, ch: u32) -> f32 {
     let p = window_pixel(origin, vec2<u32>(dy, dx), vec2<u32>(P.pad_y, P.pad_x), vec2<u32>(P.h, P.w));
     if (p < 0) { return 0.0; }
-    return downscaled_b[u32(p) * P.c + ch];
+    let y = index[P.map_rows + u32(p) / P.w];
+    let x = index[P.map_cols + u32(p) % P.w];
+    return b[P.src_off + (y * P.full_w + x) * P.c + ch];
 }
 
 @compute @workgroup_size(WG)

@@ -1,6 +1,6 @@
 //! `contextual-attention`: the layer on bundled images (`demo`, the default), on tensors
 //! (`attend`), on the user's images (`reconstruct`, `fill`), a GPU-vs-CPU benchmark (`bench`)
-//! and the adapters wgpu sees (`adapters`).
+//! the tiles and buffers a call would use (`plan`) and the adapters wgpu sees (`adapters`).
 
 mod cli;
 
@@ -31,6 +31,8 @@ enum Command {
     Fill(cli::images::FillArgs),
     /// GPU against the CPU twin on standard sizes.
     Bench(cli::bench::BenchArgs),
+    /// The tiles and every buffer the GPU path would allocate, without running.
+    Plan(cli::plan::PlanArgs),
     /// List the adapters wgpu sees.
     Adapters,
 }
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Reconstruct(a) => cli::images::reconstruct(a),
         Command::Fill(a) => cli::images::fill(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Plan(a) => cli::plan::run(a),
         Command::Adapters => cli::adapters(),
     };
     match result {

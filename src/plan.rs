@@ -100,14 +100,12 @@ const PER_PAIR: f64 = 2e8;
 impl Plan {
     /// The working buffers of the GPU path for these tiles (the list the GPU allocates), each
     /// as (name, 4-byte elements). Besides the per-tile panels, scores and accumulators, only
-    /// the downscaled images (at most the inputs' size) and L-sized vectors depend on the image.
+    /// L-sized vectors (the downscaled mask, the validity) depend on the image.
     pub fn working_buffers(g: &Geometry, query: &[Tile], keys: &[Tile]) -> Vec<(&'static str, u64)> {
         let (nq, nq1, nq_raw) = largest(query, g.wf);
         let (nk, nk1, nk_raw) = largest(keys, g.pw);
         let (d, p) = (g.match_len() as u64, g.raw_len() as u64);
         let mut list = vec![
-            ("downscaled f", (g.hf * g.wf * g.channels) as u64),
-            ("downscaled b", (g.hb * g.wb * g.channels) as u64),
             ("downscaled mask", (g.hb * g.wb) as u64),
             ("mask validity", g.patches() as u64),
             ("query patches", nq_raw * d),
@@ -222,9 +220,8 @@ impl Plan {
 
     /// Estimated work in flop-equivalents (see [`Plan::new`]).
     fn cost(g: &Geometry, query: &[Tile], keys: &[Tile]) -> f64 {
-        let sum = |tiles: &[Tile], w: usize, f: fn(&Tile) -> usize| -> f64 {
-            tiles.iter().map(|t| (f(t) * w) as f64).sum()
-        };
+        let sum =
+            |tiles: &[Tile], w: usize, f: fn(&Tile) -> usize| -> f64 { tiles.iter().map(|t| (f(t) * w) as f64).sum() };
         let (q_raw, k_raw) = (sum(query, g.wf, |t| t.raw_rows.len()), sum(keys, g.pw, |t| t.raw_rows.len()));
         let (q1, k1) = (sum(query, g.wf, |t| t.pass1_rows.len()), sum(keys, g.pw, |t| t.pass1_rows.len()));
         let (tq, tk) = (query.len() as f64, keys.len() as f64);

@@ -108,7 +108,8 @@ fn measure(layer: &ContextualAttention, case: &BenchCase, warmup: usize, repeats
     })
 }
 
-fn json_str(s: &str) -> String {
+/// `s` as a JSON string.
+pub fn json_str(s: &str) -> String {
     let mut out = String::from("\"");
     for ch in s.chars() {
         match ch {

@@ -4,6 +4,7 @@ pub mod attend;
 pub mod bench;
 pub mod demo;
 pub mod images;
+pub mod plan;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -71,7 +72,8 @@ pub struct LayerArgs {
     /// Softmax scale.
     #[arg(long, default_value_t = 10.0)]
     pub softmax_scale: f32,
-    /// Memory budget of one query tile in MiB [default: min(256, the device's largest binding)].
+    /// Memory budget of the working buffers in MiB; tiles are planned to fit it (`plan` shows
+    /// them) [default: min(256, the device's largest binding)].
     #[arg(long, value_name = "MIB")]
     pub memory_budget: Option<u64>,
     /// Where to run.

@@ -1,11 +1,12 @@
 //! The whole layer on the GPU (SPEC §2, §T2): the buffers of a call, the index tables, and the
 //! dispatches of every query tile × key tile, submitted one query tile at a time and read back
-//! once. Per batch item: the downscales and the mask validity; per query tile its query patches;
+//! once. Per batch item: the mask's downscale and validity; per query tile its query patches;
 //! per key tile the tile's matching patches, the scores GEMM, the two fuse passes, the online
 //! softmax (which rescales the paste accumulator), the tile's raw patches and the paste GEMM
 //! added into the accumulator; per query tile the softmax's finish and the fold; per item the
-//! normalisation. Only the downscaled images and L-sized vectors grow with the image beyond the
-//! inputs and y: the per-tile buffers are bounded by the [`Plan`].
+//! normalisation. The downscaled f′ and b′ are never stored: the patch gathers read f and b
+//! through the NN index maps. Beyond the inputs and y only L-sized vectors (the downscaled mask,
+//! the validity) grow with the image: the per-tile buffers are bounded by the [`Plan`].
 
 use crate::chain::inspected_in;
 use crate::error::{Error, Result};
@@ -14,7 +15,7 @@ use crate::gpu::context::Gpu;
 use crate::gpu::kernel::{Kernels, Recorder};
 use crate::gpu::stages::{
     attention_rows, downscale, fold, fuse, gemm, mask_validity, matching_patches, normalize, query_patches,
-    raw_patches, softmax, STORAGE,
+    raw_patches, softmax, Source, STORAGE,
 };
 use crate::output::Output;
 use crate::params::Params;
@@ -105,8 +106,6 @@ struct Buffers {
     f: wgpu::Buffer,
     b: wgpu::Buffer,
     mask: wgpu::Buffer,
-    downscaled_f: wgpu::Buffer,
-    downscaled_b: wgpu::Buffer,
     downscaled_mask: wgpu::Buffer,
     validity: wgpu::Buffer,
     query_patches: wgpu::Buffer,
@@ -153,8 +152,6 @@ impl Buffers {
             f: storage(gpu, "f", y_len)?,
             b: storage(gpu, "b", g.batch * hb_full * wb_full * g.channels)?,
             mask: storage(gpu, "mask", g.mask_batch.max(1) * hb_full * wb_full)?,
-            downscaled_f: buffer("downscaled f")?,
-            downscaled_b: buffer("downscaled b")?,
             downscaled_mask: buffer("downscaled mask")?,
             validity: buffer("mask validity")?,
             query_patches: buffer("query patches")?,
@@ -189,11 +186,7 @@ struct Recording<'a> {
 impl Recording<'_> {
     fn item(&mut self, n: usize, has_mask: bool) -> Result<()> {
         let (g, bufs, ix) = (self.g, self.bufs, self.index);
-        let (c, (hf_full, wf_full), (hb_full, wb_full)) = (g.channels, g.f_size, g.b_size);
-        let p = downscale::params(n * hf_full * wf_full * c, wf_full, c, (ix.f_rows, ix.f_cols), (g.hf, g.wf))?;
-        downscale::record(&mut self.rec, &p, &bufs.f, self.index_buf, &bufs.downscaled_f)?;
-        let p = downscale::params(n * hb_full * wb_full * c, wb_full, c, (ix.b_rows, ix.b_cols), (g.hb, g.wb))?;
-        downscale::record(&mut self.rec, &p, &bufs.b, self.index_buf, &bufs.downscaled_b)?;
+        let (hb_full, wb_full) = g.b_size;
         // A shared mask once, a per-sample mask once per item; without one, validity stays all ones.
         if has_mask && (g.mask_batch > 1 || n == 0) {
             let m = if g.mask_batch > 1 { n } else { 0 };
@@ -218,14 +211,27 @@ impl Recording<'_> {
         let nq = qt.rows.len() * wf;
         let (pairs_off, pairs) = self.index.pairs[t];
         let first_row = n * self.queries;
-        let qp = query_patches::params(g, qt.raw_rows.len(), qi.raw_rows)?;
-        query_patches::record(&mut self.rec, &qp, &bufs.downscaled_f, self.index_buf, &bufs.query_patches)?;
+        let (ix, c) = (self.index, g.channels);
+        let f_src = Source {
+            src_off: n * g.f_size.0 * g.f_size.1 * c,
+            full_w: g.f_size.1,
+            map_rows: ix.f_rows,
+            map_cols: ix.f_cols,
+        };
+        let b_src = Source {
+            src_off: n * g.b_size.0 * g.b_size.1 * c,
+            full_w: g.b_size.1,
+            map_rows: ix.b_rows,
+            map_cols: ix.b_cols,
+        };
+        let qp = query_patches::params(g, qt.raw_rows.len(), qi.raw_rows, f_src)?;
+        query_patches::record(&mut self.rec, &qp, &bufs.f, self.index_buf, &bufs.query_patches)?;
         for (k, kt) in self.plan.keys.iter().enumerate() {
             let ki = &self.index.keys[k];
             let (nk, nk_raw) = (kt.rows.len() * pw, kt.raw_rows.len() * pw);
-            let mp = matching_patches::params(g, kt.raw_rows.len(), ki.raw_rows)?;
+            let mp = matching_patches::params(g, kt.raw_rows.len(), ki.raw_rows, b_src)?;
             let (index, norms) = (self.index_buf, &bufs.patch_norms);
-            matching_patches::record(&mut self.rec, &mp, &bufs.downscaled_b, index, &bufs.matching_patches, norms)?;
+            matching_patches::record(&mut self.rec, &mp, &bufs.b, index, &bufs.matching_patches, norms)?;
             let sp = gemm::params(qt.raw_rows.len() * wf, nk_raw, g.match_len(), true)?;
             gemm::record(&mut self.rec, &gemm::SCORES, &sp, &bufs.query_patches, &bufs.matching_patches, &bufs.scores)?;
             if g.fuse.is_some() {
@@ -244,9 +250,10 @@ impl Recording<'_> {
                     },
                 };
                 // The second pass writes into the raw scores' buffer, free once the first has read it.
-                for (pass, src, dst) in
-                    [(FusePass::Rows, &bufs.scores, &bufs.first_fuse_pass), (FusePass::Cols, &bufs.first_fuse_pass, &bufs.scores)]
-                {
+                for (pass, src, dst) in [
+                    (FusePass::Rows, &bufs.scores, &bufs.first_fuse_pass),
+                    (FusePass::Cols, &bufs.first_fuse_pass, &bufs.scores),
+                ] {
                     let fp = fuse::params(g, pass, side(qi, qt, pass), side(ki, kt, pass))?;
                     fuse::record(&mut self.rec, &fp, src, self.index_buf, dst)?;
                 }
@@ -266,7 +273,7 @@ impl Recording<'_> {
             }
             let phase = softmax::Phase::Update { first, cols: nk, first_tile: k == 0 };
             self.softmax(n, t, phase)?;
-            let rp = raw_patches::params(g, n * g.b_size.0 * g.b_size.1 * g.channels, first..first + nk)?;
+            let rp = raw_patches::params(g, b_src.src_off, first..first + nk)?;
             raw_patches::record(&mut self.rec, &rp, &bufs.b, &bufs.raw_patches)?;
             let pp = gemm::params(nq, p, nk, false)?;
             gemm::record(&mut self.rec, &gemm::PASTE, &pp, &bufs.scores, &bufs.raw_patches, &bufs.pasted_columns)?;
@@ -276,7 +283,15 @@ impl Recording<'_> {
             let finish = attention_rows::Phase::Finish { scale: pr.softmax_scale, masking: pr.masking };
             let ap = attention_rows::params(pairs, g.patches(), pairs_off, first_row, finish)?;
             let (state, validity) = (&bufs.softmax_state, &bufs.validity);
-            attention_rows::record(&mut self.rec, &ap, &bufs.scores, self.index_buf, self.attention_rows, state, validity)?;
+            attention_rows::record(
+                &mut self.rec,
+                &ap,
+                &bufs.scores,
+                self.index_buf,
+                self.attention_rows,
+                state,
+                validity,
+            )?;
         }
         let fp = fold::params(g, qt.rows.clone(), n)?;
         fold::record(&mut self.rec, &fp, &bufs.pasted_columns, &bufs.y)

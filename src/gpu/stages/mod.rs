@@ -40,6 +40,17 @@ pub static KERNELS: &[&KernelInfo] = &[
     &normalize::KERNEL.info,
 ];
 
+/// Where a stage reads the downscaled image from: the full-resolution image at element
+/// `src_off` (its batch item), `full_w` wide, through the NN maps at `map_rows` and `map_cols`
+/// of the index table (SPEC §2.5).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Source {
+    pub src_off: usize,
+    pub full_w: usize,
+    pub map_rows: u32,
+    pub map_cols: u32,
+}
+
 /// Usage of every working buffer.
 pub(crate) const STORAGE: wgpu::BufferUsages =
     wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_DST).union(wgpu::BufferUsages::COPY_SRC);
