@@ -206,6 +206,36 @@ fn a_one_mib_budget_runs_model_features() {
     );
 }
 
+/// Issue 9's acceptance case: 1×128×128×64 at rate 2 with a hole, a 4 MiB budget against 1 GiB.
+#[test]
+fn a_4_mib_budget_matches_a_1_gib_budget_at_128x128x64() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new("a_4_mib_budget_matches_a_1_gib_budget_at_128x128x64");
+    let shape = [1, 128, 128, 64];
+    let x = relu_features(&mut rng, shape);
+    let hole = square_hole(128, 128, 32, 32, 64);
+    let p = Params { rate: 2, ..Default::default() };
+    let layer = |mib: u64| ContextualAttention::new(gpu, Params { memory_budget: Some(mib << 20), ..p.clone() }).unwrap();
+    let (roomy, tight) = (layer(1024), layer(4));
+    let plans = [&roomy, &tight].map(|l| l.plan(shape, shape, Some(hole.shape())).unwrap());
+    assert!(plans[1].tile_bytes <= 4 << 20 && plans[1].keys.len() > 1);
+    let t0 = Instant::now();
+    let whole = roomy.forward(&x, &x, Some(&hole)).unwrap();
+    let t1 = t0.elapsed().as_secs_f64();
+    let tiled = tight.forward(&x, &x, Some(&hole)).unwrap();
+    let t2 = t0.elapsed().as_secs_f64() - t1;
+    let (identical, dy) = assert_same_result("128×128×64 rate 2: 1 GiB vs 4 MiB budget", &whole, &tiled);
+    for (plan, secs) in plans.iter().zip([t1, t2]) {
+        eprintln!(
+            "128×128×64 rate 2: {} query tiles × {} key tiles, working set {:.2} MiB: {secs:.2}s",
+            plan.tiles.len(),
+            plan.keys.len(),
+            plan.tile_bytes as f64 / (1 << 20) as f64
+        );
+    }
+    eprintln!("max|Δy| {dy:.2e}, bit-identical: {identical}, argmax identical");
+}
+
 #[test]
 fn the_default_budget_is_a_target_and_an_explicit_one_a_limit() {
     use contextual_attention::geometry::Geometry;
