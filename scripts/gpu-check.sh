@@ -8,7 +8,7 @@
 #   (and the Vulkan loader .debs into .gl/, see the device tool's README)
 # Then run there with carry [".gl", ".gpu"] and the command `bash scripts/gpu-check.sh`.
 # Results land in $OUT (at most 8 files come back): adapters.txt, tests.log, demo.txt, bench.md,
-# bench.json. Ran end to end on an NVIDIA H200 (Vulkan, driver 580.159.04) on 2026-12-04 in 41 s.
+# bench.json, plan.txt. Ran end to end on an NVIDIA H200 (Vulkan, driver 580.159.04) on 2026-12-04 in 41 s.
 set -uo pipefail
 if [ "${1:-}" = "--stage" ]; then
     rm -rf .gpu && mkdir -p .gpu
@@ -41,6 +41,10 @@ for t in .gpu/test-*; do
     CARGO_MANIFEST_DIR=$PWD timeout 240 "$t" --test-threads 4 >> "$OUT/tests.log" 2>&1 || echo "FAILED: $t" | tee -a "$OUT/tests.log"
 done
 grep -E "test result|FAILED" "$OUT/tests.log"
+# The tiles and buffers of 1080p and 4K model features within WebGPU's 128 MiB binding.
+for shape in 1,270,480,96 1,540,960,96; do
+    $B plan --f-shape $shape --rate 2 --max-binding 128 2>&1 | tee -a "$OUT/plan.txt"
+done
 $B demo --out /tmp/gpu-check-demo > "$OUT/demo.txt" 2>&1; cat "$OUT/demo.txt"
 # The reference (f64 twin) runs once per case, to give every row its error; the largest case
 # (893 GFLOP) without it, to keep the call short.

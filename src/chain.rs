@@ -1,10 +1,11 @@
 //! The chain of stages (SPEC §2), written once for every backend.
 //!
 //! [`run`] walks the batch items, their b-side stages, the query tiles of the [`Plan`] and the
-//! stages of each tile, in the order the layer computes them; a backend implements [`Stages`],
-//! one method per stage. The GPU records a dispatch per call (`gpu::forward`), the twin computes
-//! in f64 (`reference::forward`), and a test records the names to check the order. So both
-//! backends visit the same stages in the same order by construction.
+//! stages of each tile, in the order the layer computes them, every query against all patches;
+//! a backend implements [`Stages`], one method per stage. The twin computes it in f64
+//! (`reference::forward`), and a test records the names to check the order. The GPU and CPU
+//! backends run the same stages over query tiles × key tiles with an online softmax (SPEC §T2:
+//! `gpu::forward`, `cpu`), and are tested against the twin.
 
 use crate::error::Result;
 use crate::geometry::{FusePass, Geometry};
