@@ -279,3 +279,42 @@ fn bench_rows_name_backend_peak_fraction_and_memory() {
     let bad = run(bin().args(["bench", "--case", "16x12:2"]));
     assert_fails(&bad, &["16x12:2", "HxWxC:RATE"]);
 }
+
+#[test]
+fn plan_lists_every_buffer_within_the_binding_limit() {
+    // No device needed: 1080p model features at rate 2 within WebGPU's 128 MiB binding.
+    let out = run(bin().args(["plan", "--f-shape", "1,270,480,96", "--rate", "2", "--max-binding", "128", "--json"]));
+    assert!(out.status.success(), "plan failed");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan --json prints JSON");
+    let buffers = v["buffers"].as_array().expect("a list of buffers");
+    let working: Vec<&serde_json::Value> = buffers.iter().filter(|b| b["kind"] == "working").collect();
+    let total: u64 = working.iter().map(|b| b["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(Some(total), v["working_bytes"].as_u64(), "working_bytes is the sum of the working buffers");
+    assert!(total <= v["budget_bytes"].as_u64().unwrap(), "working set {total} over the budget");
+    for b in &working {
+        assert!(b["bytes"].as_u64().unwrap() <= 128 << 20, "{b} over the 128 MiB binding");
+    }
+    for name in ["f", "b", "y", "scores", "raw patches", "pasted columns", "index tables"] {
+        assert!(buffers.iter().any(|b| b["name"] == name), "{name} missing from {buffers:?}");
+    }
+    assert!(v["tiles"]["query"]["count"].as_u64().unwrap() > 1 && v["tiles"]["keys"]["count"].as_u64().unwrap() > 1);
+    let text = run(bin().args(["plan", "--f-shape", "1,64,64,32", "--rate", "2"]));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("working set"));
+    assert_fails(&run(bin().args(["plan", "--f-shape", "1,64,64"])), &["1,64,64", "B,H,W,C"]);
+    assert_fails(
+        &run(bin().args(["plan", "--f-shape", "1,64,64,32", "--rate", "2", "--memory-budget", "0"])),
+        &["memory"],
+    );
+}
+
+#[test]
+fn bench_names_the_gemm_variant_and_ca_gemm_variant_forces_one() {
+    let _gpu = gpu_or_skip!();
+    let args = ["bench", "--quick", "--backend", "gpu", "--case", "16x12x4:2"];
+    let out = run(bin().env("CA_GEMM_VARIANT", "128x64-bk16").args(args));
+    assert!(out.status.success(), "bench failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("| 128x64-bk16 | forced by CA_GEMM_VARIANT |"), "{text}");
+    let bad = run(bin().env("CA_GEMM_VARIANT", "huge").args(args));
+    assert_fails(&bad, &["CA_GEMM_VARIANT", "huge", "64x64-bk16"]);
+}

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_close, to_f64, Rng};
+use common::{assert_close, bits, to_f64, Rng};
 use contextual_attention::geometry::FusePass;
 use contextual_attention::gpu::stages;
 use contextual_attention::plan::{Plan, Tile};
@@ -211,19 +211,30 @@ fn gemm_matches_twin() {
         shapes.push((g.queries(), g.patches(), g.match_len()));
         shapes.push((g.queries(), g.raw_len(), g.patches()));
     }
+    // Sizes that are multiples of every variant's tiles, so the kernels without bounds checks run too.
+    shapes.extend([(128, 64, 32), (256, 128, 64)]);
+    use stages::gemm::{Kind, VARIANTS};
     for (m, n, k) in shapes {
-        for trans_b in [true, false] {
+        for kind in [Kind::Scores, Kind::Paste] {
             let a = rng.vec(m * k, -1.0, 1.0);
             let b = rng.vec(n * k, -1.0, 1.0);
-            let got = stages::gemm::run(st, &a, &b, m, n, k, trans_b).unwrap();
-            let want = if trans_b {
-                reference::gemm_nt(&to_f64(&a), &to_f64(&b), m, n, k)
-            } else {
-                reference::gemm_nn(&to_f64(&a), &to_f64(&b), m, n, k)
+            let want = match kind {
+                Kind::Scores => reference::gemm_nt(&to_f64(&a), &to_f64(&b), m, n, k),
+                Kind::Paste => reference::gemm_nn(&to_f64(&a), &to_f64(&b), m, n, k),
             };
             // f32 accumulation of k products of magnitude ≤ 1.
             let atol = 1e-6 * (k as f64).sqrt().max(1.0) * 4.0;
-            assert_close(&format!("gemm {m}×{n}×{k} trans_b={trans_b}"), &got, &want, atol, RTOL);
+            let mut first: Option<Vec<f32>> = None;
+            for (v, variant) in VARIANTS.iter().enumerate() {
+                let got = stages::gemm::run(st, kind, v, &a, &b, m, n, k).unwrap();
+                let what = format!("gemm {kind:?} {m}×{n}×{k}, variant {}", variant.name);
+                assert_close(&what, &got, &want, atol, RTOL);
+                // Every variant adds in ascending k: the same bits.
+                match &first {
+                    None => first = Some(got),
+                    Some(f) => assert!(bits(f) == bits(&got), "{what}: not bit-identical to {}", VARIANTS[0].name),
+                }
+            }
         }
     }
 }
@@ -414,4 +425,35 @@ fn dispatch_grid_folds_past_65535_workgroups() {
         let want = x[(n - 1 - i) * n + (n - 1 - j)];
         assert!(v == want, "element {k} = ({i},{j}): got {v}, want {want}");
     }
+}
+
+#[test]
+fn gemm_variants_are_timed_on_the_device_and_the_choice_is_kept() {
+    use stages::gemm::{choices, choose, time_variants, Kind, ShapeClass, DEFAULT, VARIANTS};
+    let st = stages_or_skip!();
+    let timestamps = st.device().features().contains(wgpu::Features::TIMESTAMP_QUERY);
+    if timestamps {
+        let class = ShapeClass { kind: Kind::Scores, m: 256, n: 128, k: 64 };
+        let times = time_variants(st, class).unwrap();
+        eprintln!("GEMM variants at {class:?}: {times:?}");
+        assert_eq!(times.iter().map(|t| t.0).collect::<Vec<_>>(), (0..VARIANTS.len()).collect::<Vec<_>>());
+        assert!(times.iter().all(|t| t.1.is_finite() && t.1 > 0.0), "{times:?}");
+    }
+    if std::env::var("CA_GEMM_VARIANT").is_ok() {
+        return;
+    }
+    // Timed where the device has timestamps (the fastest wins), else the default; kept.
+    let v = choose(st, Kind::Paste, 100, 200, 300).unwrap();
+    let kept = choices(st);
+    let (class, choice) = kept.iter().find(|(c, _)| c.kind == Kind::Paste).unwrap();
+    eprintln!("paste 100×200×300: class {class:?}, {choice:?}");
+    assert_eq!(choice.variant, v);
+    if timestamps {
+        assert_eq!(choice.reason, "timed");
+        let fastest = choice.times_ms.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0;
+        assert_eq!(v, fastest);
+    } else {
+        assert!(v == DEFAULT && choice.reason.starts_with("default"), "{choice:?}");
+    }
+    assert_eq!(choose(st, Kind::Paste, 100, 200, 300).unwrap(), v, "the choice is kept");
 }

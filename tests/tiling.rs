@@ -215,7 +215,8 @@ fn a_4_mib_budget_matches_a_1_gib_budget_at_128x128x64() {
     let x = relu_features(&mut rng, shape);
     let hole = square_hole(128, 128, 32, 32, 64);
     let p = Params { rate: 2, ..Default::default() };
-    let layer = |mib: u64| ContextualAttention::new(gpu, Params { memory_budget: Some(mib << 20), ..p.clone() }).unwrap();
+    let layer =
+        |mib: u64| ContextualAttention::new(gpu, Params { memory_budget: Some(mib << 20), ..p.clone() }).unwrap();
     let (roomy, tight) = (layer(1024), layer(4));
     let plans = [&roomy, &tight].map(|l| l.plan(shape, shape, Some(hole.shape())).unwrap());
     assert!(plans[1].tile_bytes <= 4 << 20 && plans[1].keys.len() > 1);

@@ -254,5 +254,39 @@ pub fn run(a: BenchArgs) -> CliResult {
             );
         }
     }
+    if let Some(gpu) = &gpu {
+        // With --json the rows are the whole of standard output; the choices go to standard error.
+        let lines = gemm_choices(gpu);
+        for line in lines {
+            if a.json {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        }
+    }
     Ok(())
+}
+
+/// The GEMM variant the GPU chose for each shape class it ran, why, and the times it measured.
+fn gemm_choices(gpu: &Gpu) -> Vec<String> {
+    use contextual_attention::gpu::stages::gemm::{choices, VARIANTS};
+    let mut lines = vec![format!("GEMM variants on {} (CA_GEMM_VARIANT forces one):", gpu.describe())];
+    lines.push("| product | class m×n×k | variant | why | ms per product at the class size |".into());
+    lines.push("|---|---|---|---|---|".into());
+    for (class, choice) in choices(gpu) {
+        let times: Vec<String> =
+            choice.times_ms.iter().map(|(v, ms)| format!("{} {ms:.3}", VARIANTS[*v].name)).collect();
+        lines.push(format!(
+            "| {:?} | {}×{}×{} | {} | {} | {} |",
+            class.kind,
+            class.m,
+            class.n,
+            class.k,
+            VARIANTS[choice.variant].name,
+            choice.reason,
+            times.join(", ")
+        ));
+    }
+    lines
 }

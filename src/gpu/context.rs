@@ -18,6 +18,8 @@ pub struct Gpu {
     info: wgpu::AdapterInfo,
     errors: Arc<Mutex<Vec<String>>>,
     kernels: Arc<OnceLock<Arc<Kernels>>>,
+    /// The GEMM variant chosen per shape class on this device (`gpu::stages::gemm::choose`).
+    gemm_choices: Arc<Mutex<crate::gpu::stages::gemm::Choices>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -121,7 +123,14 @@ impl Gpu {
         device.set_device_lost_callback(move |reason, msg| {
             sink.lock().unwrap_or_else(|p| p.into_inner()).push(format!("device lost ({reason:?}): {msg}"));
         });
-        Ok(Gpu { device, queue, info: adapter.get_info(), errors, kernels: Arc::default() })
+        Ok(Gpu {
+            device,
+            queue,
+            info: adapter.get_info(),
+            errors,
+            kernels: Arc::default(),
+            gemm_choices: Arc::default(),
+        })
     }
 
     /// Wraps a device and queue the caller already has, so that the layer shares it with a
@@ -129,7 +138,7 @@ impl Gpu {
     /// (`adapter.get_info()`). The caller's error handler and device-lost callback are left as
     /// they are: the layer catches its own errors with error scopes around its work.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Gpu {
-        Gpu { device, queue, info, errors: Arc::default(), kernels: Arc::default() }
+        Gpu { device, queue, info, errors: Arc::default(), kernels: Arc::default(), gemm_choices: Arc::default() }
     }
 
     /// The adapter's description from wgpu.
@@ -165,6 +174,11 @@ impl Gpu {
         }
         let k = Arc::new(self.checked(|| Kernels::new(&self.device))?);
         Ok(self.kernels.get_or_init(|| k).clone())
+    }
+
+    /// The GEMM variants chosen so far on this device.
+    pub(crate) fn gemm_choices(&self) -> std::sync::MutexGuard<'_, crate::gpu::stages::gemm::Choices> {
+        self.gemm_choices.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `work` (device calls on this thread) inside error scopes, and turns any

@@ -181,6 +181,8 @@ struct Recording<'a> {
     attention_rows: &'a wgpu::Buffer,
     /// Number of inspected queries (destination rows per batch item).
     queries: usize,
+    /// The GEMM variants of the scores and of the paste ([`gemm::choose`]).
+    variants: (usize, usize),
 }
 
 impl Recording<'_> {
@@ -233,7 +235,8 @@ impl Recording<'_> {
             let (index, norms) = (self.index_buf, &bufs.patch_norms);
             matching_patches::record(&mut self.rec, &mp, &bufs.b, index, &bufs.matching_patches, norms)?;
             let sp = gemm::params(qt.raw_rows.len() * wf, nk_raw, g.match_len(), true)?;
-            gemm::record(&mut self.rec, &gemm::SCORES, &sp, &bufs.query_patches, &bufs.matching_patches, &bufs.scores)?;
+            let (queries, matching) = (&bufs.query_patches, &bufs.matching_patches);
+            gemm::record(&mut self.rec, gemm::Kind::Scores, self.variants.0, &sp, queries, matching, &bufs.scores)?;
             if g.fuse.is_some() {
                 let side = |i: &TileIndex, t: &Tile, pass: FusePass| match pass {
                     FusePass::Rows => fuse::Side {
@@ -276,7 +279,8 @@ impl Recording<'_> {
             let rp = raw_patches::params(g, b_src.src_off, first..first + nk)?;
             raw_patches::record(&mut self.rec, &rp, &bufs.b, &bufs.raw_patches)?;
             let pp = gemm::params(nq, p, nk, false)?;
-            gemm::record(&mut self.rec, &gemm::PASTE, &pp, &bufs.scores, &bufs.raw_patches, &bufs.pasted_columns)?;
+            let (weights, raw, acc) = (&bufs.scores, &bufs.raw_patches, &bufs.pasted_columns);
+            gemm::record(&mut self.rec, gemm::Kind::Paste, self.variants.1, &pp, weights, raw, acc)?;
         }
         self.softmax(n, t, softmax::Phase::Finish)?;
         if pairs > 0 {
@@ -305,6 +309,16 @@ impl Recording<'_> {
         let (state, acc) = (&b.softmax_state, &b.pasted_columns);
         softmax::record(&mut self.rec, &p, &b.scores, &b.validity, state, acc, &b.argmax, &b.mass)
     }
+}
+
+/// The GEMM variants for the plan's largest tiles: scores, paste.
+fn gemm_variants(gpu: &Gpu, g: &Geometry, plan: &Plan) -> Result<(usize, usize)> {
+    let largest = |tiles: &[Tile], w: usize, f: fn(&Tile) -> usize| tiles.iter().map(|t| f(t) * w).max().unwrap_or(0);
+    let (nq, nq_raw) = (largest(&plan.tiles, g.wf, |t| t.rows.len()), largest(&plan.tiles, g.wf, |t| t.raw_rows.len()));
+    let (nk, nk_raw) = (largest(&plan.keys, g.pw, |t| t.rows.len()), largest(&plan.keys, g.pw, |t| t.raw_rows.len()));
+    let scores = gemm::choose(gpu, gemm::Kind::Scores, nq_raw, nk_raw, g.match_len())?;
+    let paste = gemm::choose(gpu, gemm::Kind::Paste, nq, g.raw_len(), nk)?;
+    Ok((scores, paste))
 }
 
 /// A submitted call whose results are not read back yet.
@@ -367,6 +381,7 @@ pub(crate) fn submit(
         index_buf: &index_buf,
         attention_rows: &rows,
         queries: queries.len(),
+        variants: gemm_variants(gpu, &g, &plan)?,
     };
     for n in 0..g.batch {
         recording.item(n, mask.is_some())?;

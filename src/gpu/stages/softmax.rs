@@ -111,7 +111,7 @@ pub fn run(
     let p = params(rows, update, l, scale, masking, 0)?;
     record(&mut s.rec, &p, &sb, &vb, &state, &acc, &am, &mass)?;
     let g = gemm::params(rows, l, l, false)?;
-    gemm::record(&mut s.rec, &gemm::PASTE, &g, &sb, &ib, &acc)?;
+    gemm::record(&mut s.rec, gemm::Kind::Paste, gemm::DEFAULT, &g, &sb, &ib, &acc)?;
     let p = params(rows, Phase::Finish, l, scale, masking, 0)?;
     record(&mut s.rec, &p, &sb, &vb, &state, &acc, &am, &mass)?;
     let mut out = s.finish(&[(&acc, rows * l), (&am, rows), (&mass, rows)])?;
