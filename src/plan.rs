@@ -86,11 +86,19 @@ pub struct BufferSpec {
 pub(crate) const SOFTMAX_STATE_WORDS: usize = 6;
 
 /// Largest tile sizes of one side, in positions: (own rows, first-pass rows, raw rows).
-fn largest(tiles: &[Tile], w: usize) -> (u64, u64, u64) {
+pub(crate) fn largest(tiles: &[Tile], w: usize) -> (u64, u64, u64) {
     let w = w as u64;
     tiles.iter().fold((0, 0, 0), |(a, b, c), t| {
         (a.max(t.rows.len() as u64 * w), b.max(t.pass1_rows.len() as u64 * w), c.max(t.raw_rows.len() as u64 * w))
     })
+}
+
+/// The tile heights worth trying on a grid of `h` rows: ⌈h/n⌉ for n = 1..h, each once (taller
+/// tiles in between would not need fewer tiles).
+pub(crate) fn candidates(h: usize) -> Vec<usize> {
+    let mut rows: Vec<usize> = (1..=h).map(|n| h.div_ceil(n)).collect();
+    rows.dedup();
+    rows
 }
 
 /// What the dispatches of one query tile × key tile weigh, in flops: a handful of small
@@ -105,7 +113,7 @@ impl Plan {
         let (nq, nq1, nq_raw) = largest(query, g.wf);
         let (nk, nk1, nk_raw) = largest(keys, g.pw);
         let (d, p) = (g.match_len() as u64, g.raw_len() as u64);
-        let mut list = vec![
+        vec![
             ("downscaled mask", (g.hb * g.wb) as u64),
             ("mask validity", g.patches() as u64),
             ("query patches", nq_raw * d),
@@ -113,16 +121,12 @@ impl Plan {
             ("patch norms", nk_raw),
             // Raw scores, then the fused scores, then the paste weights.
             ("scores", (nq_raw * nk_raw).max(nq * nk)),
-        ];
-        if g.fuse.is_some() {
-            list.push(("first fuse pass", nq1 * nk1));
-        }
-        list.extend([
+            // Empty without fuse (no first-pass rows).
+            ("first fuse pass", nq1 * nk1),
             ("raw patches", nk * p),
             ("pasted columns", nq * p),
             ("softmax state", nq * SOFTMAX_STATE_WORDS as u64),
-        ]);
-        list
+        ]
     }
 
     /// Every buffer the GPU path allocates for a call with this plan that inspects `inspected`
@@ -171,11 +175,6 @@ impl Plan {
     pub fn new(g: &Geometry, budget: u64, max_binding: u64) -> Result<Plan> {
         let query_needs = RowNeeds::new(g);
         let key_needs = RowNeeds::on_grid(g.fuse, g.ph, g.pw);
-        let candidates = |h: usize| -> Vec<usize> {
-            let mut rows: Vec<usize> = (1..=h).map(|n| h.div_ceil(n)).collect();
-            rows.dedup();
-            rows
-        };
         let key_options: Vec<(usize, Vec<Tile>)> =
             candidates(g.ph).into_iter().map(|rows| (rows, key_needs.tiles(rows))).collect();
         let mut best: Option<(f64, Plan)> = None;

@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::geometry::{FusePass, Geometry};
 use crate::output::Output;
 use crate::params::Params;
-use crate::plan::{RowNeeds, Tile};
+use crate::plan::{candidates, RowNeeds, Tile};
 use crate::reference;
 use crate::tensor::Tensor;
 use panels::Image;
@@ -106,11 +106,6 @@ impl Tiling {
     pub fn new(g: &Geometry, budget: u64, query_rows: Option<usize>) -> Result<Tiling> {
         let query_needs = RowNeeds::on_grid(g.fuse, g.hf, g.wf);
         let key_needs = RowNeeds::on_grid(g.fuse, g.ph, g.pw);
-        let candidates = |h: usize| -> Vec<usize> {
-            let mut rows: Vec<usize> = (1..=h).map(|n| h.div_ceil(n)).collect();
-            rows.dedup();
-            rows
-        };
         let query_candidates = match query_rows {
             Some(rows) => vec![rows.clamp(1, g.hf)],
             None => candidates(g.hf),

@@ -19,7 +19,7 @@ use crate::gpu::stages::{
 };
 use crate::output::Output;
 use crate::params::Params;
-use crate::plan::{readback_bytes, Plan, Tile};
+use crate::plan::{largest, readback_bytes, Plan, Tile};
 use crate::tensor::Tensor;
 
 /// Creates a storage buffer of `len` 4-byte elements after checking it against the device limits.
@@ -141,9 +141,8 @@ impl Buffers {
     fn new(gpu: &Gpu, g: &Geometry, plan: &Plan) -> Result<Buffers> {
         let working = Plan::working_buffers(g, &plan.tiles, &plan.keys);
         let buffer = |name: &'static str| -> Result<wgpu::Buffer> {
-            // "first fuse pass" is listed only with fuse on.
-            let len = working.iter().find(|w| w.0 == name).map_or(1, |w| w.1 as usize);
-            storage(gpu, name, len)
+            let len = working.iter().find(|w| w.0 == name).expect("every working buffer is listed").1;
+            storage(gpu, name, len as usize)
         };
         let ((hf_full, wf_full), (hb_full, wb_full)) = (g.f_size, g.b_size);
         let y_len = g.batch * hf_full * wf_full * g.channels;
@@ -313,11 +312,10 @@ impl Recording<'_> {
 
 /// The GEMM variants for the plan's largest tiles: scores, paste.
 fn gemm_variants(gpu: &Gpu, g: &Geometry, plan: &Plan) -> Result<(usize, usize)> {
-    let largest = |tiles: &[Tile], w: usize, f: fn(&Tile) -> usize| tiles.iter().map(|t| f(t) * w).max().unwrap_or(0);
-    let (nq, nq_raw) = (largest(&plan.tiles, g.wf, |t| t.rows.len()), largest(&plan.tiles, g.wf, |t| t.raw_rows.len()));
-    let (nk, nk_raw) = (largest(&plan.keys, g.pw, |t| t.rows.len()), largest(&plan.keys, g.pw, |t| t.raw_rows.len()));
-    let scores = gemm::choose(gpu, gemm::Kind::Scores, nq_raw, nk_raw, g.match_len())?;
-    let paste = gemm::choose(gpu, gemm::Kind::Paste, nq, g.raw_len(), nk)?;
+    let (nq, _, nq_raw) = largest(&plan.tiles, g.wf);
+    let (nk, _, nk_raw) = largest(&plan.keys, g.pw);
+    let scores = gemm::choose(gpu, gemm::Kind::Scores, nq_raw as usize, nk_raw as usize, g.match_len())?;
+    let paste = gemm::choose(gpu, gemm::Kind::Paste, nq as usize, g.raw_len(), nk as usize)?;
     Ok((scores, paste))
 }
 
@@ -408,11 +406,10 @@ pub(crate) fn submit(
     let mut encoder = parts.pop().expect("at least one part");
     // The readback buffer belongs to the call, so a call still being read back is never
     // overwritten by the next one.
-    let nq_bytes = (g.batch * g.queries() * 4) as u64;
-    let y_len = (g.batch * g.f_size.0 * g.f_size.1 * g.channels * 4) as u64;
-    let rows_bytes = (rows_len * 4) as u64;
-    let ts_at = readback_bytes(y_len / 4, nq_bytes / 4, rows_bytes / 4, false);
-    let out_bytes = readback_bytes(y_len / 4, nq_bytes / 4, rows_bytes / 4, timestamps.is_some());
+    let (y_words, nq_words) = ((g.batch * g.f_size.0 * g.f_size.1 * g.channels) as u64, (g.batch * g.queries()) as u64);
+    let (y_len, nq_bytes, rows_bytes) = (4 * y_words, 4 * nq_words, 4 * rows_len as u64);
+    let ts_at = readback_bytes(y_words, nq_words, rows_len as u64, false);
+    let out_bytes = readback_bytes(y_words, nq_words, rows_len as u64, timestamps.is_some());
     let limit = gpu.device.limits().max_buffer_size;
     if out_bytes > limit {
         return Err(Error::BufferTooLarge { name: "readback", size: out_bytes, limit, what: "buffer" });
