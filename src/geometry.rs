@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::params::{FuseMode, Overlap, Params};
+use crate::tensor::Tensor;
 
 /// TF "SAME" padding for length `n`, kernel `k`, stride `s`: `(out, pad_before, pad_after)`.
 /// An odd total puts the extra zero at the end (SPEC §2.2).
@@ -301,6 +302,33 @@ impl Geometry {
             }
         }
         Ok(())
+    }
+
+    /// The query rows (of the hf×wf grid) whose pastes cover a pixel of `region` (SPEC §R), a
+    /// mask `[1 or B, Hf, Wf, 1]` at y's resolution (non-zero: wanted); the union over its items.
+    pub fn region_rows(&self, region: &Tensor) -> Result<Vec<bool>> {
+        let (hf_full, wf_full) = self.f_size;
+        let [n, h, w, c] = region.shape();
+        if (n != 1 && n != self.batch) || h != hf_full || w != wf_full || c != 1 {
+            let items = if self.batch > 1 { format!("1 or {}", self.batch) } else { "1".to_string() };
+            return Err(Error::shape(
+                "region",
+                format!(
+                    "a region is a mask at y's resolution, [{items}, {hf_full}, {wf_full}, 1]; got {:?}",
+                    region.shape()
+                ),
+            ));
+        }
+        let mut needed = vec![false; self.hf];
+        for (row, pixels) in region.data().chunks(wf_full).enumerate() {
+            if pixels.iter().any(|&v| v != 0.0) {
+                let py = row % hf_full;
+                for i in Geometry::covering(py, self.hf, self.rate, self.paste_pad.0, self.paste_kernel) {
+                    needed[i] = true;
+                }
+            }
+        }
+        Ok(needed)
     }
 
     /// Floating-point operations of one call, counted as in SPEC §2.13: per batch item

@@ -37,6 +37,12 @@ pub struct RunOptions<'a> {
     /// CPU backend (the twin always takes all patches at once). With only one of `tile_rows`
     /// and `key_rows` set, the other side is one tile.
     pub key_rows: Option<usize>,
+    /// Computes y only inside this mask `[1 or B, Hf, Wf, 1]` at y's resolution (non-zero:
+    /// wanted; SPEC §R): only the query rows whose pastes cover it, with their fuse halos, are
+    /// computed. Inside the region y equals the full run's (within 1e-6 relative); outside it
+    /// y is 0, and queries not computed have argmax 0 and mass 0.
+    /// [`Output::queries_computed`] tells the work done.
+    pub region: Option<&'a Tensor>,
 }
 
 impl std::fmt::Debug for RunOptions<'_> {
@@ -46,6 +52,7 @@ impl std::fmt::Debug for RunOptions<'_> {
             .field("queries", &self.queries)
             .field("tile_rows", &self.tile_rows)
             .field("key_rows", &self.key_rows)
+            .field("region", &self.region.map(|r| r.shape()))
             .finish()
     }
 }
@@ -74,6 +81,11 @@ impl<'a> RunOptions<'a> {
     /// Key tiles of `rows` patch rows.
     pub fn key_rows(self, rows: usize) -> Self {
         RunOptions { key_rows: Some(rows), ..self }
+    }
+
+    /// Computes y only inside `region` (see [`RunOptions::region`]).
+    pub fn region(self, region: &'a Tensor) -> Self {
+        RunOptions { region: Some(region), ..self }
     }
 
     /// The fixed (query rows, key rows) of the options, if any is set.
@@ -188,26 +200,45 @@ impl ContextualAttention {
     pub fn run(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>, options: &RunOptions) -> Result<Output> {
         let mut progress = |done, total| options.report(done, total);
         let shapes = (f.shape(), b.shape(), mask.map(|m| m.shape()));
-        match &self.backend {
+        let g = Geometry::new(&self.params, shapes.0, shapes.1, shapes.2)?;
+        let needed = options.region.map(|r| g.region_rows(r)).transpose()?;
+        if let Some(empty) = needed.as_ref().filter(|n| !n.contains(&true)) {
+            return Ok(Self::empty_region(&g, empty));
+        }
+        let mut out = match &self.backend {
             Backend::Cpu => {
                 // Query and key tiles of its own (SPEC §T2), under the budget or cpu::DEFAULT_BUDGET.
-                let g = Geometry::new(&self.params, shapes.0, shapes.1, shapes.2)?;
-                let tiling = match (options.tile_rows, options.key_rows) {
+                let mut tiling = match (options.tile_rows, options.key_rows) {
                     (q, Some(k)) => cpu::Tiling::with_rows(&g, q.unwrap_or(g.hf), k),
                     (q, None) => cpu::Tiling::for_call(&g, self.params.memory_budget, q)?,
                 };
+                if let Some(needed) = &needed {
+                    tiling = tiling.restricted(&g, needed);
+                }
                 let mut ws = self.cpu_workspace.lock().unwrap_or_else(|p| p.into_inner());
-                cpu::forward(&self.params, &g, &tiling, &mut ws, f, b, mask, options.queries, &mut progress)
+                cpu::forward(&self.params, &g, &tiling, &mut ws, f, b, mask, options.queries, &mut progress)?
             }
             Backend::Reference => {
-                let (g, plan) = self.prepare(shapes.0, shapes.1, shapes.2, options)?;
-                reference::forward(&self.params, &g, &plan, f, b, mask, options.queries, &mut progress)
+                let plan = self.prepare(&g, needed.as_deref(), options)?;
+                reference::forward(&self.params, &g, &plan, f, b, mask, options.queries, &mut progress)?
             }
             Backend::Gpu(gpu) => {
-                let (g, plan) = self.prepare(shapes.0, shapes.1, shapes.2, options)?;
-                self.submit(gpu, g, plan, f, b, mask, options.queries)?.wait(gpu, &mut progress)
+                let plan = self.prepare(&g, needed.as_deref(), options)?;
+                self.submit(gpu, g.clone(), plan, f, b, mask, options.queries)?.wait(gpu, &mut progress)?
             }
+        };
+        if let (Some(region), Some(needed)) = (options.region, &needed) {
+            out.keep_region(&g, region, needed);
         }
+        Ok(out)
+    }
+
+    /// The output of a call whose region covers no pixel: nothing computed, everything 0.
+    fn empty_region(g: &Geometry, needed: &[bool]) -> Output {
+        let y = Tensor::zeros([g.batch, g.f_size.0, g.f_size.1, g.channels]);
+        let mut out = Output::new(g, y, vec![0; g.batch * g.queries()], vec![0.0; g.batch * g.queries()]);
+        out.queries_computed = g.batch * g.wf * needed.iter().filter(|&&r| r).count();
+        out
     }
 
     /// [`run`](Self::run) as a future that resolves when the readback is mapped. A helper thread
@@ -221,14 +252,16 @@ impl ContextualAttention {
         options: &RunOptions<'_>,
     ) -> Result<Output> {
         match &self.backend {
-            Backend::Cpu | Backend::Reference => self.run(f, b, mask, options),
-            Backend::Gpu(gpu) => {
-                let (g, plan) = self.prepare(f.shape(), b.shape(), mask.map(|m| m.shape()), options)?;
+            Backend::Gpu(gpu) if options.region.is_none() => {
+                let g = Geometry::new(&self.params, f.shape(), b.shape(), mask.map(|m| m.shape()))?;
+                let plan = self.prepare(&g, None, options)?;
                 let tiles = g.batch * plan.tiles.len();
                 let out = self.submit(gpu, g, plan, f, b, mask, options.queries)?.wait_async(gpu).await?;
                 options.report(tiles, tiles);
                 Ok(out)
             }
+            // With a region the call is short; it blocks like run.
+            Backend::Cpu | Backend::Reference | Backend::Gpu(_) => self.run(f, b, mask, options),
         }
     }
 
@@ -279,32 +312,30 @@ impl ContextualAttention {
     /// The tile plan a call with these shapes would use on the GPU or the twin (the CPU backend
     /// also tiles the patches: [`cpu::Tiling::for_call`]).
     pub fn plan(&self, f: [usize; 4], b: [usize; 4], mask: Option<[usize; 4]>) -> Result<Plan> {
-        Ok(self.prepare(f, b, mask, &RunOptions::new())?.1)
+        let g = Geometry::new(&self.params, f, b, mask)?;
+        self.prepare(&g, None, &RunOptions::new())
     }
 
-    /// Checks the shapes and plans the tiles: under the memory budget, or as `options` fix them.
-    fn prepare(
-        &self,
-        f: [usize; 4],
-        b: [usize; 4],
-        mask: Option<[usize; 4]>,
-        options: &RunOptions,
-    ) -> Result<(Geometry, Plan)> {
-        let g = Geometry::new(&self.params, f, b, mask)?;
-        let plan = match (options.fixed_tiles(&g), &self.backend) {
-            (Some((rows, key_rows)), _) => Plan::with_tiles(&g, rows, key_rows),
+    /// Plans the tiles: under the memory budget, or as `options` fix them; restricted to the
+    /// `needed` query rows of a region.
+    fn prepare(&self, g: &Geometry, needed: Option<&[bool]>, options: &RunOptions) -> Result<Plan> {
+        let plan = match (options.fixed_tiles(g), &self.backend) {
+            (Some((rows, key_rows)), _) => Plan::with_tiles(g, rows, key_rows),
             (None, backend) => {
                 let max_binding = match backend {
                     Backend::Gpu(gpu) => gpu.max_binding(),
                     Backend::Cpu | Backend::Reference => u64::MAX,
                 };
                 match self.params.memory_budget {
-                    Some(budget) => Plan::new(&g, budget, max_binding)?,
-                    None => Plan::targeting(&g, DEFAULT_MEMORY_BUDGET.min(max_binding), max_binding)?,
+                    Some(budget) => Plan::new(g, budget, max_binding)?,
+                    None => Plan::targeting(g, DEFAULT_MEMORY_BUDGET.min(max_binding), max_binding)?,
                 }
             }
         };
-        Ok((g, plan))
+        Ok(match needed {
+            Some(needed) => plan.restricted(g, needed),
+            None => plan,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -3,7 +3,7 @@
 use crate::geometry::Geometry;
 use crate::tensor::Tensor;
 
-/// What one call produces. Equality compares the results, not `gpu_time_ms`.
+/// What one call produces. Equality compares the results, not `gpu_time_ms` or `queries_computed`.
 #[derive(Clone, Debug)]
 pub struct Output {
     /// The reconstruction, `[B, Hf, Wf, C]`.
@@ -27,6 +27,9 @@ pub struct Output {
     /// Time the GPU spent in the layer's compute pass (timestamp queries), where the device
     /// supports them; `None` on the CPU backend. Excludes upload and readback.
     pub gpu_time_ms: Option<f64>,
+    /// Queries whose attention the call computed, over the batch: B·hf·wf, or with a region
+    /// (SPEC §R, [`crate::RunOptions::region`]) B·wf times the query rows it needs.
+    pub queries_computed: usize,
 }
 
 impl PartialEq for Output {
@@ -57,6 +60,32 @@ impl Output {
             queries: Vec::new(),
             attention_rows: Vec::new(),
             gpu_time_ms: None,
+            queries_computed: g.batch * g.queries(),
         }
+    }
+
+    /// Keeps only what a run restricted to `region` defines (SPEC §R): y outside the region is
+    /// 0, and queries in rows not `needed` have argmax 0, offsets (0, 0) and mass 0.
+    pub(crate) fn keep_region(&mut self, g: &Geometry, region: &Tensor, needed: &[bool]) {
+        let (hf_full, wf_full) = g.f_size;
+        let pixels = hf_full * wf_full;
+        let c = g.channels;
+        let region_items = region.shape()[0];
+        for (n, item) in self.y.data_mut().chunks_mut(pixels * c).enumerate() {
+            let wanted = &region.data()[if region_items > 1 { n * pixels } else { 0 }..][..pixels];
+            for (pixel, &w) in item.chunks_mut(c).zip(wanted) {
+                if w == 0.0 {
+                    pixel.fill(0.0);
+                }
+            }
+        }
+        for (q, (argmax, mass)) in self.argmax.iter_mut().zip(&mut self.mass).enumerate() {
+            if !needed[q / g.wf % g.hf] {
+                *argmax = 0;
+                *mass = 0.0;
+                self.offsets[2 * q..2 * q + 2].fill(0);
+            }
+        }
+        self.queries_computed = g.batch * g.wf * needed.iter().filter(|&&r| r).count();
     }
 }

@@ -37,7 +37,8 @@ impl Tile {
 /// ([`crate::reference`]) runs the query tiles against all patches at once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
-    /// Query tiles in ascending row order; they cover `0..hf` exactly once.
+    /// Query tiles in ascending row order; they cover `0..hf` exactly once (with a region, SPEC
+    /// §R, only the rows it needs).
     pub tiles: Vec<Tile>,
     /// Key tiles in ascending row order; they cover the patch rows `0..ph` exactly once.
     pub keys: Vec<Tile>,
@@ -260,6 +261,15 @@ impl Plan {
         let tile_bytes = 4 * Self::working_buffers(g, &tiles, &keys).iter().map(|b| b.1).sum::<u64>();
         Plan { tiles, keys, rows_per_tile, key_rows_per_tile: key_rows, tile_bytes }
     }
+
+    /// The plan restricted to the query rows marked in `needed` (SPEC §R): tiles of at most
+    /// `rows_per_tile` rows over its runs of consecutive rows, with their halos; the key tiles
+    /// are unchanged.
+    pub fn restricted(mut self, g: &Geometry, needed: &[bool]) -> Plan {
+        self.tiles = RowNeeds::new(g).tiles_within(self.rows_per_tile, Some(needed));
+        self.tile_bytes = 4 * Self::working_buffers(g, &self.tiles, &self.keys).iter().map(|b| b.1).sum::<u64>();
+        self
+    }
 }
 
 /// Bytes of the readback buffer: y, argmax, mass and the attention rows (element counts), then
@@ -312,19 +322,42 @@ impl RowNeeds {
 
     /// Tiles of `rows_per_tile` rows (the last may have fewer) with their halos.
     pub(crate) fn tiles(&self, rows_per_tile: usize) -> Vec<Tile> {
+        self.tiles_within(rows_per_tile, None)
+    }
+
+    /// Tiles of at most `rows_per_tile` rows over the runs of consecutive rows marked in
+    /// `needed` (every row if `None`), with their halos (SPEC §R).
+    pub(crate) fn tiles_within(&self, rows_per_tile: usize, needed: Option<&[bool]>) -> Vec<Tile> {
         let h = self.h;
-        (0..h)
-            .step_by(rows_per_tile.max(1))
-            .map(|r0| {
-                let r1 = (r0 + rows_per_tile).min(h);
-                if !self.fused {
-                    return Tile { rows: r0..r1, pass1_rows: Vec::new(), raw_rows: (r0..r1).collect() };
-                }
-                let pass1_rows = union(h, (r0..r1).map(|i| &self.pass2[i]));
-                let raw_rows = union(h, pass1_rows.iter().map(|&z| &self.pass1[z]));
-                Tile { rows: r0..r1, pass1_rows, raw_rows }
-            })
+        let is_needed = |i: usize| needed.is_none_or(|n| n[i]);
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < h {
+            if !is_needed(i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < h && is_needed(i) {
+                i += 1;
+            }
+            runs.push(start..i);
+        }
+        let step = rows_per_tile.max(1);
+        runs.into_iter()
+            .flat_map(|run| run.clone().step_by(step).map(move |r0| r0..(r0 + step).min(run.end)))
+            .map(|rows| self.tile(rows))
             .collect()
+    }
+
+    /// The tile of query rows `rows` with its halos.
+    fn tile(&self, rows: std::ops::Range<usize>) -> Tile {
+        if !self.fused {
+            return Tile { raw_rows: rows.clone().collect(), rows, pass1_rows: Vec::new() };
+        }
+        let pass1_rows = union(self.h, rows.clone().map(|i| &self.pass2[i]));
+        let raw_rows = union(self.h, pass1_rows.iter().map(|&z| &self.pass1[z]));
+        Tile { rows, pass1_rows, raw_rows }
     }
 }
 

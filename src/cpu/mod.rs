@@ -147,6 +147,14 @@ impl Tiling {
         }
     }
 
+    /// The tiling restricted to the query rows marked in `needed` (SPEC §R): query tiles of at
+    /// most as many rows as before over its runs of consecutive rows; key tiles unchanged.
+    pub fn restricted(mut self, g: &Geometry, needed: &[bool]) -> Tiling {
+        let rows = self.query.first().map_or(g.hf, |t| t.rows.len());
+        self.query = RowNeeds::on_grid(g.fuse, g.hf, g.wf).tiles_within(rows, Some(needed));
+        self
+    }
+
     /// Largest sizes over the tiles of one side: (tile positions, first-pass positions, raw positions).
     fn largest(tiles: &[Tile], w: usize) -> (usize, usize, usize) {
         tiles.iter().fold((0, 0, 0), |(a, b, c), t| {
@@ -452,8 +460,9 @@ pub fn forward(
     let ((hf_full, wf_full), (hb_full, wb_full)) = (g.f_size, g.b_size);
     let (f_len, b_len) = (hf_full * wf_full * c, hb_full * wb_full * c);
     let mut y_all = Vec::with_capacity(g.batch * f_len);
-    let mut argmax = Vec::with_capacity(g.batch * g.queries());
-    let mut mass = Vec::with_capacity(g.batch * g.queries());
+    // Queries outside the tiles (rows a region does not need) keep argmax 0, mass 0.
+    let mut argmax = vec![0u32; g.batch * g.queries()];
+    let mut mass = vec![0.0f32; g.batch * g.queries()];
     let mut attention_rows = vec![0.0f32; g.batch * queries.len() * l];
     let mut validity = vec![1.0f32; l];
     let (mut done, total) = (0, g.batch * tiling.query.len());
@@ -488,8 +497,9 @@ pub fn forward(
             let next = tiling.query.get(t + 1).filter(|_| tiling.keep_halo);
             let r = item.query_tile(qt, next, &tiling.keys, ws, &inspected, item_rows);
             reference::fold(&ws.pasted_columns, qt.rows.clone(), g, &mut y);
-            argmax.extend(r.argmax);
-            mass.extend(r.mass);
+            let at = n * g.queries() + qt.rows.start * g.wf;
+            argmax[at..at + r.argmax.len()].copy_from_slice(&r.argmax);
+            mass[at..at + r.mass.len()].copy_from_slice(&r.mass);
             done += 1;
             progress(done, total);
         }

@@ -180,11 +180,14 @@ impl Stages for Twin<'_> {
         Ok(())
     }
 
-    fn softmax(&mut self, _: TileAt, _: usize) -> Result<()> {
-        let (p, l) = (self.params, self.g.patches());
-        let (argmax, mass) = softmax(&mut self.attention, &self.validity, l, p.softmax_scale as f64, p.masking);
-        self.argmax.extend(argmax);
-        self.mass.extend(mass.into_iter().map(|m| m as f32));
+    fn softmax(&mut self, t: TileAt, n: usize) -> Result<()> {
+        let (p, g) = (self.params, self.g);
+        let (argmax, mass) = softmax(&mut self.attention, &self.validity, g.patches(), p.softmax_scale as f64, p.masking);
+        let at = n * g.queries() + t.tile.rows.start * g.wf;
+        self.argmax[at..at + argmax.len()].copy_from_slice(&argmax);
+        for (dst, m) in self.mass[at..].iter_mut().zip(mass) {
+            *dst = m as f32;
+        }
         Ok(())
     }
 
@@ -261,8 +264,9 @@ pub fn forward(
         pasted_columns: Vec::new(),
         y: vec![0.0; g.f_size.0 * g.f_size.1 * g.channels],
         y_all: Vec::with_capacity(g.batch * g.f_size.0 * g.f_size.1 * g.channels),
-        argmax: Vec::with_capacity(g.batch * g.queries()),
-        mass: Vec::with_capacity(g.batch * g.queries()),
+        // Queries outside the tiles (rows a region does not need) keep argmax 0, mass 0.
+        argmax: vec![0; g.batch * g.queries()],
+        mass: vec![0.0; g.batch * g.queries()],
         attention_rows: vec![0.0; g.batch * queries.len() * l],
     };
     chain::run(&mut twin, g, plan, mask.is_some(), queries)?;
