@@ -1,29 +1,145 @@
-//! Hole filling with the layer, as the inpainting models call it: a coarse guess of the hole,
-//! then the layer with f = b = the guess and the hole as mask (rate 2, fuse on by default), so
-//! the hole is rebuilt from sharp patches of the rest of the image. Images are `[1, H, W, C]`
-//! tensors (any value range); a hole mask is `[1, H, W, 1]`, hole where it is above 0.5.
+//! Hole filling driven by the layer: a non-learned completion in the manner of Wexler et al.
+//! and PatchMatch-based content-aware fill, with the layer's soft patch voting in place of
+//! nearest-neighbour search.
+//!
+//! The image goes down a pyramid (halving, hole-aware averages) until the hole is a few
+//! patches wide. At the coarsest level the hole starts as a diffusion of its border. At each
+//! level, a few iterations of: attend (every query whose paste reaches the hole against the
+//! patches of its surroundings that do not touch the hole: `exclude` masking, spatial fuse,
+//! exact overlap), paste, write the result back into the hole; the softmax scale grows from
+//! iteration to iteration so the votes sharpen from averages to copies.
+//!
+//! The layer matches by `f·b/|b|`, which ignores a patch's brightness (a dark flat patch
+//! matches a bright flat one). Each pixel gets one more channel holding the constant
+//! [`ANCHOR`]; with it large next to the pixel values, `f·b/|b|` is a constant minus
+//! `|f − b|²/(2·ANCHOR·√n)` (n pixels per patch) up to terms of order `(|b|/ANCHOR)²`, so
+//! the layer ranks patches by their sum of squared differences, as PatchMatch does. The extra
+//! channel is dropped from the paste. The result is
+//! upsampled as the next level's start. Work is limited to the hole (SPEC §R): the level is
+//! cut into blocks, and for each block holding hole pixels the layer runs on a window around
+//! it (queries) against a larger window of context (patches), with the block's hole as its
+//! region, so the cost follows the hole's area, not the image's.
+//!
+//! Images are `[1, H, W, C]` tensors of any value range and channel count (RGB, grey); a hole
+//! mask is `[1, H, W, 1]`, hole where it is above 0.5.
 
 use crate::error::{Error, Result};
-use crate::layer::{ContextualAttention, RunOptions};
-use crate::output::Output;
+use crate::layer::{Backend, ContextualAttention, RunOptions};
+use crate::params::{FuseMode, Masking, Overlap, Params};
 use crate::tensor::Tensor;
+
+/// How [`fill`] works; the defaults are what the README's evaluation measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FillParams {
+    /// Pyramid levels (1: the full resolution only). `None`: halve until the hole is at most
+    /// `2·rate` pixels from its border (or the image is 32 pixels on its short side).
+    pub levels: Option<usize>,
+    /// Iterations at the coarsest level; each finer level does one fewer, at least one.
+    pub iterations: usize,
+    /// Matching patch size (the layer's `ksize`, on the grid downscaled by `rate`).
+    pub patch: usize,
+    /// The layer's rate: matching on the level downscaled by it, pasting 2·rate-pixel patches.
+    pub rate: usize,
+    /// How sharply the votes prefer close patches at a level's first and last iteration
+    /// (geometric in between): a patch's weight is `exp(−scale · d)`, d its mean squared
+    /// difference per pixel to the query's patch (values divided by 255, summed over
+    /// channels, and over the fuse's neighbours).
+    pub scale: (f32, f32),
+    /// Side in pixels of the blocks a level is cut into (a multiple of `rate`).
+    pub block: usize,
+    /// Pixels of context around a block whose patches may be copied into it.
+    pub context: usize,
+}
+
+impl Default for FillParams {
+    fn default() -> Self {
+        FillParams { levels: None, iterations: 4, patch: 3, rate: 2, scale: (100.0, 1000.0), block: 64, context: 64 }
+    }
+}
+
+impl FillParams {
+    /// Checks the parameters; the error names the one out of range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name, value: String, reason: &str| Err(Error::param(name, value, reason.to_string()));
+        if self.levels == Some(0) {
+            return bad("levels", "0".into(), "at least 1 (the full resolution)");
+        }
+        if self.iterations == 0 {
+            return bad("iterations", "0".into(), "at least 1");
+        }
+        if self.rate == 0 || self.patch == 0 {
+            return bad("rate/patch", format!("{}/{}", self.rate, self.patch), "both at least 1");
+        }
+        if !(self.scale.0 > 0.0 && self.scale.1 > 0.0 && self.scale.0.is_finite() && self.scale.1.is_finite()) {
+            return bad("scale", format!("{:?}", self.scale), "two positive finite numbers");
+        }
+        if self.block < 4 * self.rate {
+            return bad("block", self.block.to_string(), "at least 4·rate pixels");
+        }
+        Ok(())
+    }
+
+    /// The layer's parameters for weights `exp(−scale · d)` (see [`FillParams::scale`]):
+    /// the layer's score is `−|f − b|²/(2·ANCHOR·√n)` up to a constant, d = `|f − b|²/n`.
+    fn layer(&self, scale: f32) -> Params {
+        let n = (self.patch * self.patch) as f32;
+        Params {
+            ksize: self.patch,
+            rate: self.rate,
+            softmax_scale: scale * 2.0 * ANCHOR / n.sqrt(),
+            fuse: true,
+            fuse_mode: FuseMode::Spatial,
+            masking: Masking::Exclude,
+            overlap: Overlap::Exact,
+            ..Params::default()
+        }
+    }
+}
+
+/// The constant of the extra channel that turns the layer's `f·b/|b|` into a ranking by
+/// squared differences (see the module's header): large next to the centred pixel values
+/// (|v| ≤ 1), small enough that f32 keeps the differences (scores ≈ ANCHOR·√n ≈ 24).
+pub const ANCHOR: f32 = 8.0;
 
 /// What [`fill`] produces.
 #[derive(Clone, Debug)]
 pub struct Filled {
-    /// The coarse guess the layer started from ([`line_fill`]).
-    pub coarse: Tensor,
-    /// The layer's output on the coarse guess.
-    pub output: Output,
-    /// The image with its hole replaced by the layer's reconstruction ([`composite`]).
+    /// The image with its hole filled; every pixel outside the hole is the input's.
     pub result: Tensor,
+    /// The start of the finest level: the coarser levels' result, upsampled (the coarsest
+    /// level's diffusion when there is one level).
+    pub coarse: Tensor,
+    /// Pyramid levels used (0 when the mask has no hole pixel and the image is returned as is).
+    pub levels: usize,
+    /// Layer calls made, and the queries they computed (SPEC §R).
+    pub calls: usize,
+    /// See `calls`.
+    pub queries_computed: usize,
 }
 
-/// Fills the hole of `image` `[1, H, W, C]` marked by `hole` `[1, H, W, 1]` (> 0.5): a coarse
-/// [`line_fill`], the layer on it with the hole as mask, and the [`composite`]. H and W must be
-/// multiples of the layer's rate.
-pub fn fill(layer: &ContextualAttention, image: &Tensor, hole: &Tensor, options: &RunOptions) -> Result<Filled> {
-    let [n, h, w, _] = image.shape();
+/// Fills the hole of `image` `[1, H, W, C]` marked by `hole` `[1, H, W, 1]` (> 0.5) on
+/// `backend` (see the module's header). `progress(done, total)` is told after each layer call.
+///
+/// An empty hole returns the image unchanged (`levels` 0); a hole covering every pixel is an
+/// error (nothing to copy from).
+///
+/// ```
+/// use contextual_attention::fill::{fill, FillParams};
+/// use contextual_attention::{Backend, Tensor};
+/// let image = Tensor::from_fn([1, 48, 48, 1], |_, y, x, _| ((x / 4 + y / 4) % 2) as f32 * 255.0);
+/// let hole = Tensor::from_fn([1, 48, 48, 1], |_, y, x, _| ((20..28).contains(&y) && (16..30).contains(&x)) as u8 as f32);
+/// let filled = fill(&Backend::Cpu, &image, &hole, &FillParams::default(), &mut |_, _| {}).unwrap();
+/// assert_eq!(filled.result.at(0, 0, 0, 0), image.at(0, 0, 0, 0));
+/// ```
+pub fn fill(
+    backend: &Backend,
+    image: &Tensor,
+    hole: &Tensor,
+    params: &FillParams,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Filled> {
+    params.validate()?;
+    let [n, h, w, c] = image.shape();
     if n != 1 {
         return Err(Error::shape("image", format!("fill takes one image, [1, H, W, C]; got batch {n}")));
     }
@@ -33,10 +149,354 @@ pub fn fill(layer: &ContextualAttention, image: &Tensor, hole: &Tensor, options:
             format!("the hole mask must be [1, {h}, {w}, 1] like the image, got {:?}", hole.shape()),
         ));
     }
-    let coarse = line_fill(image, hole);
-    let output = layer.run(&coarse, &coarse, Some(hole), options)?;
-    let result = composite(image, &output.y, hole);
-    Ok(Filled { coarse, output, result })
+    let holes: Vec<bool> = hole.data().iter().map(|&v| v > 0.5).collect();
+    let hole_pixels = holes.iter().filter(|&&x| x).count();
+    if hole_pixels == 0 {
+        return Ok(Filled { result: image.clone(), coarse: image.clone(), levels: 0, calls: 0, queries_computed: 0 });
+    }
+    if hole_pixels == h * w {
+        return Err(Error::shape("mask", "the hole covers the whole image: there is nothing to copy from".to_string()));
+    }
+    // Centre each channel on the known pixels' mean and bring 0–255 to within ±1, so that
+    // the softmax scale means the same for every image.
+    let mut mean = vec![0.0f64; c];
+    for (pixel, _) in image.data().chunks(c).zip(&holes).filter(|(_, &is_hole)| !is_hole) {
+        for (m, &v) in mean.iter_mut().zip(pixel) {
+            *m += v as f64;
+        }
+    }
+    let known = (h * w - hole_pixels) as f64;
+    let mean: Vec<f32> = mean.iter().map(|m| (m / known) as f32).collect();
+    let scaled = Level {
+        img: image.data().iter().enumerate().map(|(i, &v)| (v - mean[i % c]) / 255.0).collect(),
+        hole: holes,
+        h,
+        w,
+        c,
+    };
+
+    let mut pyramid = vec![scaled];
+    loop {
+        let top = pyramid.last().expect("non-empty");
+        let enough = match params.levels {
+            Some(levels) => pyramid.len() >= levels,
+            None => top.hole_radius() <= 2 * params.rate,
+        };
+        if enough || top.h.min(top.w) / 2 < 32.max(4 * params.rate) {
+            break;
+        }
+        let down = top.down();
+        if down.hole.iter().all(|&x| x) {
+            break;
+        }
+        pyramid.push(down);
+    }
+    let levels = pyramid.len();
+    let iterations = |k: usize| params.iterations.saturating_sub(k).max(1);
+    let total: usize =
+        pyramid.iter().rev().enumerate().map(|(k, l)| iterations(k) * l.blocks(params.block).len()).sum();
+    let (mut done, mut calls, mut queries_computed) = (0, 0, 0);
+    // The image of the level just done, and where each of its hole pixels was copied from.
+    let mut current: Option<(Vec<f32>, Vec<Shift>)> = None;
+    let mut coarse = Vec::new();
+    for (k, level) in pyramid.iter().rev().enumerate() {
+        let mut shifts = vec![None; level.h * level.w];
+        let mut x = match &current {
+            None => level.diffused(),
+            Some((prev, prev_shifts)) => level.upsampled_into(prev, prev_shifts, &pyramid[levels - k]),
+        };
+        if k + 1 == levels {
+            coarse = x.clone();
+        }
+        let dilated = level.dilated(params.rate);
+        let blocks = level.blocks(params.block);
+        let n_iter = iterations(k);
+        for t in 0..n_iter {
+            let ramp = if n_iter > 1 { t as f32 / (n_iter - 1) as f32 } else { 1.0 };
+            let scale = params.scale.0 * (params.scale.1 / params.scale.0).powf(ramp);
+            let layer = ContextualAttention::with_backend(backend.clone(), params.layer(scale))?;
+            for block in &blocks {
+                queries_computed += level.attend(&layer, params, (&mut x, &mut shifts), &dilated, *block)?;
+                calls += 1;
+                done += 1;
+                progress(done, total);
+            }
+        }
+        current = Some((x, shifts));
+    }
+    let (x, _) = current.expect("at least one level");
+    let back = |v: &[f32]| -> Tensor {
+        let data = v.iter().enumerate().map(|(i, &x)| x * 255.0 + mean[i % c]).collect();
+        Tensor::new([1, h, w, c], data).expect("sizes agree")
+    };
+    let filled = back(&x);
+    let result = composite(image, &filled, hole);
+    Ok(Filled { result, coarse: back(&coarse), levels, calls, queries_computed })
+}
+
+/// Where a hole pixel's value was copied from, as (rows, columns) from the pixel: the
+/// displacement from its query to the patch with the largest attention. `None`: not filled yet.
+type Shift = Option<(i32, i32)>;
+
+/// One level of the pyramid: the centred image `[h, w, c]` (hole pixels hold no information)
+/// and its hole.
+struct Level {
+    img: Vec<f32>,
+    hole: Vec<bool>,
+    h: usize,
+    w: usize,
+    c: usize,
+}
+
+/// A rectangle `y0..y1 × x0..x1` of a level.
+#[derive(Clone, Copy, Debug)]
+struct Rect {
+    y0: usize,
+    y1: usize,
+    x0: usize,
+    x1: usize,
+}
+
+impl Level {
+    /// The next coarser level: sizes halved (rounded up); a pixel is the mean of the known
+    /// pixels of its 2×2, and hole only if all of them are (so the hole shrinks level by level
+    /// and what is known stays an average of known pixels).
+    fn down(&self) -> Level {
+        let (h, w, c) = (self.h.div_ceil(2), self.w.div_ceil(2), self.c);
+        let mut img = vec![0.0; h * w * c];
+        let mut hole = vec![false; h * w];
+        for y in 0..h {
+            for x in 0..w {
+                let fine: Vec<usize> = [(2 * y, 2 * x), (2 * y, 2 * x + 1), (2 * y + 1, 2 * x), (2 * y + 1, 2 * x + 1)]
+                    .into_iter()
+                    .filter(|&(yy, xx)| yy < self.h && xx < self.w)
+                    .map(|(yy, xx)| yy * self.w + xx)
+                    .collect();
+                let known: Vec<usize> = fine.iter().copied().filter(|&i| !self.hole[i]).collect();
+                hole[y * w + x] = known.is_empty();
+                for ch in 0..c {
+                    img[(y * w + x) * c + ch] =
+                        known.iter().map(|&i| self.img[i * c + ch]).sum::<f32>() / known.len().max(1) as f32;
+                }
+            }
+        }
+        Level { img, hole, h, w, c }
+    }
+
+    /// The largest chessboard distance from a hole pixel to the nearest known pixel.
+    fn hole_radius(&self) -> usize {
+        self.distances().into_iter().max().unwrap_or(0)
+    }
+
+    /// Per pixel, the chessboard distance to the nearest known pixel (0 for known pixels).
+    fn distances(&self) -> Vec<usize> {
+        let (h, w) = (self.h, self.w);
+        let mut dist: Vec<usize> = self.hole.iter().map(|&x| if x { usize::MAX } else { 0 }).collect();
+        let mut frontier: Vec<usize> = (0..h * w).filter(|&i| !self.hole[i]).collect();
+        let mut d = 0;
+        while !frontier.is_empty() {
+            d += 1;
+            let mut next = Vec::new();
+            for i in frontier {
+                let (y, x) = (i / w, i % w);
+                for yy in y.saturating_sub(1)..(y + 2).min(h) {
+                    for xx in x.saturating_sub(1)..(x + 2).min(w) {
+                        let j = yy * w + xx;
+                        if dist[j] == usize::MAX {
+                            dist[j] = d;
+                            next.push(j);
+                        }
+                    }
+                }
+            }
+            frontier = next;
+        }
+        dist
+    }
+
+    /// The hole grown by `by` pixels (chessboard): b's mask, so that no patch pasted into the
+    /// hole overlaps it, whichever pixel of a `rate` cell the layer's downscale picks.
+    fn dilated(&self, by: usize) -> Vec<bool> {
+        let (h, w) = (self.h, self.w);
+        let mut out = self.hole.clone();
+        for y in 0..h {
+            for x in 0..w {
+                if self.hole[y * w + x] {
+                    for yy in y.saturating_sub(by)..(y + by + 1).min(h) {
+                        out[yy * w + x.saturating_sub(by)..yy * w + (x + by + 1).min(w)].fill(true);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The blocks of `side` pixels that hold hole pixels.
+    fn blocks(&self, side: usize) -> Vec<Rect> {
+        let mut blocks = Vec::new();
+        for y0 in (0..self.h).step_by(side) {
+            for x0 in (0..self.w).step_by(side) {
+                let r = Rect { y0, y1: (y0 + side).min(self.h), x0, x1: (x0 + side).min(self.w) };
+                if (r.y0..r.y1).any(|y| self.hole[y * self.w + r.x0..y * self.w + r.x1].contains(&true)) {
+                    blocks.push(r);
+                }
+            }
+        }
+        blocks
+    }
+
+    /// The starting guess of the coarsest level: known pixels as they are, the hole by
+    /// diffusion from its border.
+    fn diffused(&self) -> Vec<f32> {
+        let img = Tensor::new([1, self.h, self.w, self.c], self.img.clone()).expect("sizes agree");
+        let mask = Tensor::new([1, self.h, self.w, 1], self.hole.iter().map(|&x| x as u8 as f32).collect())
+            .expect("sizes agree");
+        diffuse_fill(&img, &mask).into_data()
+    }
+
+    /// This level's known pixels, with the hole started from the next coarser level: where the
+    /// coarse pixel was copied from a known place (`shifts`), the pixel at twice that
+    /// displacement here if it is known (sharp, as PatchMatch carries its offsets up the
+    /// pyramid); else `coarse` (`[coarser.h, coarser.w, c]`) upsampled bilinearly.
+    fn upsampled_into(&self, coarse: &[f32], shifts: &[Shift], coarser: &Level) -> Vec<f32> {
+        let (c, cw, ch) = (self.c, coarser.w, coarser.h);
+        let mut out = self.img.clone();
+        for y in 0..self.h {
+            let fy = ((y as f32 + 0.5) / 2.0 - 0.5).clamp(0.0, (ch - 1) as f32);
+            let (y0, ty) = (fy.floor() as usize, fy.fract());
+            let y1 = (y0 + 1).min(ch - 1);
+            for x in 0..self.w {
+                if !self.hole[y * self.w + x] {
+                    continue;
+                }
+                let fx = ((x as f32 + 0.5) / 2.0 - 0.5).clamp(0.0, (cw - 1) as f32);
+                let (x0, tx) = (fx.floor() as usize, fx.fract());
+                let x1 = (x0 + 1).min(cw - 1);
+                let cell = (y / 2).min(ch - 1) * cw + (x / 2).min(cw - 1);
+                if let Some((dy, dx)) = shifts[cell] {
+                    let (sy, sx) = (y as i64 + 2 * dy as i64, x as i64 + 2 * dx as i64);
+                    if (0..self.h as i64).contains(&sy) && (0..self.w as i64).contains(&sx) {
+                        let src = sy as usize * self.w + sx as usize;
+                        if !self.hole[src] {
+                            let at = (y * self.w + x) * c;
+                            out[at..at + c].copy_from_slice(&self.img[src * c..src * c + c]);
+                            continue;
+                        }
+                    }
+                }
+                for k in 0..c {
+                    let at = |yy: usize, xx: usize| coarse[(yy * cw + xx) * c + k];
+                    let top = at(y0, x0) * (1.0 - tx) + at(y0, x1) * tx;
+                    let bottom = at(y1, x0) * (1.0 - tx) + at(y1, x1) * tx;
+                    out[(y * self.w + x) * c + k] = top * (1.0 - ty) + bottom * ty;
+                }
+            }
+        }
+        out
+    }
+
+    /// `block` grown by `margin` on every side, then to sides that are multiples of `rate`
+    /// within the level (the layer's requirement), keeping the block inside where it can.
+    fn window(&self, block: Rect, margin: usize, rate: usize) -> Rect {
+        let span = |lo: usize, hi: usize, n: usize| -> (usize, usize) {
+            let (a, b) = (lo.saturating_sub(margin), (hi + margin).min(n));
+            let len = ((b - a).div_ceil(rate) * rate).min(n / rate * rate);
+            let a = a.min(n - len);
+            (a, a + len)
+        };
+        let (y0, y1) = span(block.y0, block.y1, self.h);
+        let (x0, x1) = span(block.x0, block.x1, self.w);
+        Rect { y0, y1, x0, x1 }
+    }
+
+    /// `values` (`channels` per pixel, at this level's width) inside `r`, as a tensor.
+    fn crop(&self, values: &[f32], channels: usize, r: Rect) -> Tensor {
+        Tensor::from_fn([1, r.y1 - r.y0, r.x1 - r.x0, channels], |_, y, x, k| {
+            values[((r.y0 + y) * self.w + r.x0 + x) * channels + k]
+        })
+    }
+
+    /// The image inside `r` with the [`ANCHOR`] channel appended.
+    fn crop_anchored(&self, values: &[f32], r: Rect) -> Tensor {
+        let c = self.c;
+        Tensor::from_fn([1, r.y1 - r.y0, r.x1 - r.x0, c + 1], |_, y, x, k| {
+            if k == c {
+                ANCHOR
+            } else {
+                values[((r.y0 + y) * self.w + r.x0 + x) * c + k]
+            }
+        })
+    }
+
+    /// One layer call for `block`: the queries of a window around it against the patches of
+    /// its context that do not touch the hole (`dilated`), the block's hole as region; the
+    /// result is written into the block's hole pixels of `x`, and where each was copied from
+    /// into `shifts`. Returns the queries computed.
+    fn attend(
+        &self,
+        layer: &ContextualAttention,
+        params: &FillParams,
+        (x, shifts): (&mut [f32], &mut [Shift]),
+        dilated: &[bool],
+        block: Rect,
+    ) -> Result<usize> {
+        let rate = params.rate;
+        // Enough margin for the paste (2·rate) and the fuse's halo around the block's queries.
+        let f_win = self.window(block, 4 * rate, rate);
+        let as_float = |v: &[bool]| -> Vec<f32> { v.iter().map(|&b| b as u8 as f32).collect() };
+        let mut context = params.context.max(params.block);
+        let region = Tensor::from_fn([1, f_win.y1 - f_win.y0, f_win.x1 - f_win.x0, 1], |_, y, xx, _| {
+            let (yy, xx) = (f_win.y0 + y, f_win.x0 + xx);
+            let inside = (block.y0..block.y1).contains(&yy) && (block.x0..block.x1).contains(&xx);
+            (inside && self.hole[yy * self.w + xx]) as u8 as f32
+        });
+        let f = self.crop_anchored(x, f_win);
+        let mask_values = as_float(dilated);
+        loop {
+            let b_win = self.window(block, context, rate);
+            let b = self.crop_anchored(x, b_win);
+            let mask = self.crop(&mask_values, 1, b_win);
+            let whole_level =
+                b_win.y1 - b_win.y0 == self.h / rate * rate && b_win.x1 - b_win.x0 == self.w / rate * rate;
+            let out = layer.run(&f, &b, Some(&mask), &RunOptions::new().region(&region))?;
+            // A query of the region with no usable patch in its context (mass 0) would paste
+            // nothing: widen the context, up to the whole level.
+            if region_queries_starved(&out, &region, rate) && !whole_level {
+                context *= 2;
+                continue;
+            }
+            let (fw, c) = (f_win.x1 - f_win.x0, self.c);
+            // y has the anchor channel last: pixels are c + 1 apart.
+            for yy in block.y0.max(f_win.y0)..block.y1.min(f_win.y1) {
+                for xx in block.x0.max(f_win.x0)..block.x1.min(f_win.x1) {
+                    if self.hole[yy * self.w + xx] {
+                        let src = ((yy - f_win.y0) * fw + xx - f_win.x0) * (c + 1);
+                        x[(yy * self.w + xx) * c..][..c].copy_from_slice(&out.y.data()[src..src + c]);
+                        let q = (yy - f_win.y0) / rate * out.grid.1 + (xx - f_win.x0) / rate;
+                        let (u, v) = (out.offsets[2 * q] as usize, out.offsets[2 * q + 1] as usize);
+                        let from = (b_win.y0 + rate * u, b_win.x0 + rate * v);
+                        let to = (f_win.y0 + (yy - f_win.y0) / rate * rate, f_win.x0 + (xx - f_win.x0) / rate * rate);
+                        shifts[yy * self.w + xx] = Some((from.0 as i32 - to.0 as i32, from.1 as i32 - to.1 as i32));
+                    }
+                }
+            }
+            return Ok(out.queries_computed);
+        }
+    }
+}
+
+/// Whether a query at a region pixel's own position found no usable patch (mass 0).
+fn region_queries_starved(out: &crate::Output, region: &Tensor, rate: usize) -> bool {
+    let (hf, wf) = out.grid;
+    let [_, h, w, _] = region.shape();
+    (0..h).any(|y| {
+        (0..w).any(|x| {
+            region.at(0, y, x, 0) != 0.0 && {
+                let q = (y / rate).min(hf - 1) * wf + (x / rate).min(wf - 1);
+                out.mass[q] == 0.0
+            }
+        })
+    })
 }
 
 /// A coarse fill of the hole (mask > 0.5): repeated 4-neighbour averaging (diffusion from the

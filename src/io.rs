@@ -311,6 +311,16 @@ pub fn read_image_rgb(path: &Path) -> Result<Tensor> {
     Tensor::new([1, h, w, 3], img.into_raw().into_iter().map(f32::from).collect())
 }
 
+/// Reads an image as `[1, H, W, 1]` if it is grey (with or without alpha), else as
+/// `[1, H, W, 3]`, values 0–255 (see [`read_image_rgb`]).
+pub fn read_image(path: &Path) -> Result<Tensor> {
+    let img = decode_image(path)?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (c, data) =
+        if img.color().has_color() { (3, img.to_rgb8().into_raw()) } else { (1, img.to_luma8().into_raw()) };
+    Tensor::new([1, h, w, c], data.into_iter().map(f32::from).collect())
+}
+
 /// Reads an image as a `[1, H, W, 1]` grey tensor with values 0–255 (colour images are
 /// converted to luminance).
 pub fn read_image_gray(path: &Path) -> Result<Tensor> {

@@ -253,6 +253,79 @@ fn fill_and_reconstruct_run_on_user_images() {
         .arg(dir.join("bad.png")));
     assert_fails(&out, &["same size"]);
     assert!(!dir.join("bad.png").exists());
+    // a hole covering everything is refused, and nothing is written
+    image::GrayImage::from_pixel(24, 20, image::Luma([255])).save(dir.join("all.png")).unwrap();
+    let out = run(bin()
+        .args(["fill", "--backend", "cpu", "--image"])
+        .arg(dir.join("img.png"))
+        .arg("--mask")
+        .arg(dir.join("all.png"))
+        .arg("--out")
+        .arg(dir.join("bad.png")));
+    assert_fails(&out, &["whole image", "nothing to copy from"]);
+    assert!(!dir.join("bad.png").exists());
+    // an empty hole writes the image unchanged and says so
+    image::GrayImage::new(24, 20).save(dir.join("none.png")).unwrap();
+    let out = run(bin()
+        .args(["fill", "--backend", "cpu", "--image"])
+        .arg(dir.join("img.png"))
+        .arg("--mask")
+        .arg(dir.join("none.png"))
+        .arg("--out")
+        .arg(dir.join("same.png")));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no hole pixel"));
+    assert_eq!(image::open(dir.join("same.png")).unwrap().to_rgb8(), img);
+}
+
+#[test]
+fn fill_removes_a_hole_from_the_bundled_brick_photo() {
+    let dir = tmp("fill-brick");
+    let brick = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/brick.png");
+    let original = image::open(&brick).unwrap().to_luma8();
+    let (w, h) = original.dimensions();
+    // A free-form hole: two thick strokes (any non-black pixel of the mask is hole).
+    let in_hole = |x: u32, y: u32| {
+        (200..260).contains(&x) && (180..300).contains(&y) || (300..420).contains(&x) && (100..124).contains(&y)
+    };
+    image::GrayImage::from_fn(w, h, |x, y| image::Luma([if in_hole(x, y) { 7 } else { 0 }]))
+        .save(dir.join("mask.png"))
+        .unwrap();
+    let out = run(bin()
+        .args(["fill", "--backend", "cpu", "--image"])
+        .arg(&brick)
+        .arg("--mask")
+        .arg(dir.join("mask.png"))
+        .arg("--out")
+        .arg(dir.join("filled.png"))
+        .arg("--coarse")
+        .arg(dir.join("coarse.png")));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("layer calls"), "reports its work");
+    let filled = image::open(dir.join("filled.png")).unwrap();
+    assert_eq!(filled.color(), image::ColorType::L8, "a grey photo stays grey");
+    let filled = filled.to_luma8();
+    let (mut changed, mut hole) = (0, 0);
+    for (x, y, p) in original.enumerate_pixels() {
+        let q = filled.get_pixel(x, y);
+        if in_hole(x, y) {
+            hole += 1;
+            changed += (p != q) as usize;
+        } else {
+            assert_eq!(p, q, "pixel ({x}, {y}) outside the hole changed");
+        }
+    }
+    // The fill is not the original, but not white or black either: bricks and mortar.
+    assert!(changed > hole / 2, "only {changed} of {hole} hole pixels differ from the photo");
+    let mean = (0..w)
+        .flat_map(|x| (0..h).map(move |y| (x, y)))
+        .filter(|&(x, y)| in_hole(x, y))
+        .map(|(x, y)| filled.get_pixel(x, y).0[0] as f64)
+        .sum::<f64>()
+        / hole as f64;
+    let photo_mean = original.pixels().map(|p| p.0[0] as f64).sum::<f64>() / (w * h) as f64;
+    assert!((mean - photo_mean).abs() < 30.0, "hole mean {mean:.0} vs photo mean {photo_mean:.0}");
+    assert!(dir.join("coarse.png").is_file());
 }
 
 #[test]

@@ -3,11 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use contextual_attention::fill::fill as fill_hole;
-use contextual_attention::{flow, io, Output, Tensor};
+use contextual_attention::fill::{fill as fill_hole, FillParams};
+use contextual_attention::{flow, io, Backend, ContextualAttention, Output, Tensor};
 use image::imageops::FilterType;
 
-use super::{check_writable, CliResult, LayerArgs};
+use super::{check_writable, BackendArg, CliResult, LayerArgs};
 
 #[derive(Args)]
 pub struct ReconstructArgs {
@@ -29,23 +29,45 @@ pub struct ReconstructArgs {
 
 #[derive(Args)]
 pub struct FillArgs {
-    /// Image with a hole.
+    /// Image with something to remove (PNG, JPEG, …; RGB or grey).
     #[arg(long)]
     pub image: PathBuf,
-    /// Mask image of the same size: white (> 127) = hole.
+    /// Mask image of the same size: every non-black pixel is hole.
     #[arg(long)]
     pub mask: PathBuf,
-    /// Output image.
+    /// Output image (PNG), written only when the fill succeeds.
     #[arg(long)]
     pub out: PathBuf,
-    /// Flow image.
-    #[arg(long)]
-    pub flow: Option<PathBuf>,
-    /// Write the coarse (diffusion) fill the layer starts from here.
+    /// Also write the start of the finest level (the coarser levels' result, upsampled) here.
     #[arg(long)]
     pub coarse: Option<PathBuf>,
-    #[command(flatten)]
-    pub layer: LayerArgs,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    pub backend: BackendArg,
+    /// Pyramid levels [default: until the hole is at most 2·rate pixels deep].
+    #[arg(long)]
+    pub levels: Option<usize>,
+    /// Iterations at the coarsest level (one fewer per finer level, at least one).
+    #[arg(long, default_value_t = FillParams::default().iterations)]
+    pub iterations: usize,
+    /// Matching patch size (on the level downscaled by the rate).
+    #[arg(long, default_value_t = FillParams::default().patch)]
+    pub patch: usize,
+    /// The layer's rate at every level.
+    #[arg(long, default_value_t = FillParams::default().rate)]
+    pub rate: usize,
+    /// Softmax scale at a level's first iteration.
+    #[arg(long, default_value_t = FillParams::default().scale.0)]
+    pub scale_start: f32,
+    /// Softmax scale at a level's last iteration.
+    #[arg(long, default_value_t = FillParams::default().scale.1)]
+    pub scale_end: f32,
+    /// Block side in pixels (each block with hole pixels is one layer call).
+    #[arg(long, default_value_t = FillParams::default().block)]
+    pub block: usize,
+    /// Pixels of context around a block that patches are copied from.
+    #[arg(long, default_value_t = FillParams::default().context)]
+    pub context: usize,
 }
 
 /// Resizes a `[1, H, W, C]` tensor of 0–255 values (C = 1 or 3) with a cubic filter.
@@ -123,12 +145,20 @@ pub fn reconstruct(a: ReconstructArgs) -> CliResult {
 
 /// `contextual-attention fill`.
 pub fn fill(a: FillArgs) -> CliResult {
-    for p in [Some(&a.out), a.flow.as_ref(), a.coarse.as_ref()].into_iter().flatten() {
+    for p in [Some(&a.out), a.coarse.as_ref()].into_iter().flatten() {
         check_writable(p)?;
     }
-    let layer = a.layer.layer(2)?;
-    let r = layer.params().rate;
-    let img = io::read_image_rgb(&a.image)?;
+    let params = FillParams {
+        levels: a.levels,
+        iterations: a.iterations,
+        patch: a.patch,
+        rate: a.rate,
+        scale: (a.scale_start, a.scale_end),
+        block: a.block,
+        context: a.context,
+    };
+    params.validate()?;
+    let img = io::read_image(&a.image)?;
     let mask = io::read_image_gray(&a.mask)?;
     if mask.shape()[1..3] != img.shape()[1..3] {
         return Err(format!(
@@ -141,15 +171,40 @@ pub fn fill(a: FillArgs) -> CliResult {
         )
         .into());
     }
-    let mask = Tensor::from_fn(mask.shape(), |_, y, x, _| (mask.at(0, y, x, 0) > 127.0) as u8 as f32);
-    let (img, mask) = (crop_to_multiple(&img, r)?, crop_to_multiple(&mask, r)?);
-    let filled = super::with_progress(&layer, &[], |options| fill_hole(&layer, &img, &mask, options), |f| &f.output)?;
+    let hole = Tensor::from_fn(mask.shape(), |_, y, x, _| (mask.at(0, y, x, 0) > 0.0) as u8 as f32);
+    let backend = super::backend(a.backend)?;
+    let hole_pixels = hole.data().iter().filter(|&&v| v > 0.0).count();
+    if hole_pixels == 0 {
+        eprintln!("{}: the mask has no hole pixel (all black); writing the image unchanged", a.mask.display());
+    }
+    let bar = super::progress(0, "layer calls");
+    bar.disable_steady_tick();
+    let (filled, t) = super::timed(|| {
+        fill_hole(&backend, &img, &hole, &params, &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })
+    });
+    bar.finish_and_clear();
+    let filled = filled?;
+    eprintln!(
+        "filled {hole_pixels} pixels in {:.0} ms on {}: {} levels, {} layer calls, {} queries",
+        super::ms(t),
+        describe(&backend),
+        filled.levels,
+        filled.calls,
+        filled.queries_computed
+    );
     io::write_image(&a.out, &filled.result)?;
     if let Some(p) = &a.coarse {
         io::write_image(p, &filled.coarse)?;
     }
-    if let Some(p) = &a.flow {
-        write_flow(p, &filled.output, layer.params().stride, r)?;
-    }
     Ok(())
+}
+
+/// One line naming where the fill runs.
+fn describe(backend: &Backend) -> String {
+    ContextualAttention::with_backend(backend.clone(), Default::default())
+        .map(|l| l.describe_backend())
+        .unwrap_or_else(|_| "?".to_string())
 }

@@ -124,13 +124,17 @@ impl LayerArgs {
     pub fn layer(&self, default_rate: usize) -> CliResult<ContextualAttention> {
         let params = self.params(default_rate);
         params.validate()?;
-        let backend = match self.backend {
-            BackendArg::Gpu => Backend::Gpu(Gpu::new()?),
-            BackendArg::Cpu => Backend::Cpu,
-            BackendArg::Reference => Backend::Reference,
-        };
-        Ok(ContextualAttention::with_backend(backend, params)?)
+        Ok(ContextualAttention::with_backend(backend(self.backend)?, params)?)
     }
+}
+
+/// The backend named on the command line (opens the GPU for `gpu`).
+pub fn backend(arg: BackendArg) -> CliResult<Backend> {
+    Ok(match arg {
+        BackendArg::Gpu => Backend::Gpu(Gpu::new()?),
+        BackendArg::Cpu => Backend::Cpu,
+        BackendArg::Reference => Backend::Reference,
+    })
 }
 
 /// Checks before any long work that `path` can be written: its folder exists.

@@ -182,7 +182,8 @@ impl Stages for Twin<'_> {
 
     fn softmax(&mut self, t: TileAt, n: usize) -> Result<()> {
         let (p, g) = (self.params, self.g);
-        let (argmax, mass) = softmax(&mut self.attention, &self.validity, g.patches(), p.softmax_scale as f64, p.masking);
+        let (argmax, mass) =
+            softmax(&mut self.attention, &self.validity, g.patches(), p.softmax_scale as f64, p.masking);
         let at = n * g.queries() + t.tile.rows.start * g.wf;
         self.argmax[at..at + argmax.len()].copy_from_slice(&argmax);
         for (dst, m) in self.mass[at..].iter_mut().zip(mass) {
