@@ -83,13 +83,13 @@ def metrics(result, truth, mask):
     return psnr, ssim, energy
 
 
-def ours(binary, backend, img_path, mask, workdir):
+def ours(binary, backend, extra, img_path, mask, workdir):
     mask_path = os.path.join(workdir, "mask.png")
     out_path = os.path.join(workdir, "ours.png")
     cv2.imwrite(mask_path, mask)
     t0 = time.perf_counter()
-    subprocess.run([binary, "fill", "--backend", backend, "--image", img_path, "--mask", mask_path, "--out", out_path],
-                   check=True, stderr=subprocess.DEVNULL)
+    subprocess.run([binary, "fill", "--backend", backend, "--image", img_path, "--mask", mask_path, "--out", out_path]
+                   + extra, check=True, stderr=subprocess.DEVNULL)
     t = time.perf_counter() - t0
     return cv2.imread(out_path, cv2.IMREAD_UNCHANGED), t
 
@@ -101,6 +101,7 @@ def main():
     ap.add_argument("--strokes", type=int, default=2, help="free-form masks per image")
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--pictures", help="folder to write a comparison picture per image into")
+    ap.add_argument("--fill-args", default="", help="more flags for our fill, e.g. '--finest iterate'")
     args = ap.parse_args()
     import patchmatch  # noqa: E402  (PyPatchMatch)
     patchmatch.set_random_seed(args.seed)
@@ -130,7 +131,7 @@ def main():
                 t0 = time.perf_counter()
                 pm = patchmatch.inpaint(pm_in, mask, patch_size=5)
                 results["patchmatch"] = (pm if img.ndim == 3 else pm[..., 0], time.perf_counter() - t0)
-                results["ours"] = ours(args.binary, args.backend, path, mask, workdir)
+                results["ours"] = ours(args.binary, args.backend, args.fill_args.split(), path, mask, workdir)
                 row = {"image": name, "mask": mask_name, "hole": (mask > 0).mean()}
                 cells = []
                 for method, (res, t) in results.items():

@@ -6,19 +6,24 @@
 //! patches wide. At the coarsest level the hole starts as a diffusion of its border. At each
 //! level, a few iterations of: attend (every query whose paste reaches the hole against the
 //! patches of its surroundings that do not touch the hole: `exclude` masking, spatial fuse,
-//! exact overlap), paste, write the result back into the hole; the softmax scale grows from
-//! iteration to iteration so the votes sharpen from averages to copies.
+//! exact overlap, a paste kernel of 3·rate), paste, write the result back into the hole; the
+//! softmax scale grows from iteration to iteration so the votes sharpen from averages to
+//! copies. Small levels match at rate 1, larger ones at the layer's rate. A level starts from
+//! the coarser one's matches carried up (each hole pixel copies the pixel at twice its coarse
+//! displacement) where they point outside the hole, and from its upsampled result elsewhere;
+//! by default the finest level does only that ([`Finest`]).
 //!
 //! The layer matches by `f·b/|b|`, which ignores a patch's brightness (a dark flat patch
 //! matches a bright flat one). Each pixel gets one more channel holding the constant
 //! [`ANCHOR`]; with it large next to the pixel values, `f·b/|b|` is a constant minus
 //! `|f − b|²/(2·ANCHOR·√n)` (n pixels per patch) up to terms of order `(|b|/ANCHOR)²`, so
 //! the layer ranks patches by their sum of squared differences, as PatchMatch does. The extra
-//! channel is dropped from the paste. The result is
-//! upsampled as the next level's start. Work is limited to the hole (SPEC §R): the level is
-//! cut into blocks, and for each block holding hole pixels the layer runs on a window around
-//! it (queries) against a larger window of context (patches), with the block's hole as its
-//! region, so the cost follows the hole's area, not the image's.
+//! channel is dropped from the paste.
+//!
+//! Work is limited to the hole (SPEC §R): a level is cut into blocks, and for each block
+//! holding hole pixels the layer runs on a window around it (queries) against a larger window
+//! of context (patches), with the block's hole as its region, so the cost follows the hole's
+//! area, not the image's.
 //!
 //! Images are `[1, H, W, C]` tensors of any value range and channel count (RGB, grey); a hole
 //! mask is `[1, H, W, 1]`, hole where it is above 0.5.
@@ -38,8 +43,17 @@ pub struct FillParams {
     pub iterations: usize,
     /// Matching patch size (the layer's `ksize`, on the grid downscaled by `rate`).
     pub patch: usize,
-    /// The layer's rate: matching on the level downscaled by it, pasting 2·rate-pixel patches.
+    /// The layer's rate on levels whose shorter side is at least `rate_one_below` pixels:
+    /// matching on the level downscaled by it.
     pub rate: usize,
+    /// Levels below the finest whose shorter side is under this many pixels match at rate 1
+    /// (every pixel): they are small, and matching there decides what the hole is made of.
+    pub rate_one_below: usize,
+    /// The paste kernel as a multiple of the level's rate (the layer's K = `paste`·rate;
+    /// each pixel is the average of `paste`² votes).
+    pub paste: usize,
+    /// What the finest level does (with more than one level).
+    pub finest: Finest,
     /// How sharply the votes prefer close patches at a level's first and last iteration
     /// (geometric in between): a patch's weight is `exp(−scale · d)`, d its mean squared
     /// difference per pixel to the query's patch (values divided by 255, summed over
@@ -51,9 +65,32 @@ pub struct FillParams {
     pub context: usize,
 }
 
+/// What [`fill`] does at the finest level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finest {
+    /// Each hole pixel copies the pixel its match at the next coarser level points to (the
+    /// displacement doubled), as PatchMatch carries its offsets up the pyramid: full-resolution
+    /// detail, no layer call at the largest size.
+    Copy,
+    /// The finest level iterates like the others (smoother, about twice the time).
+    Iterate,
+}
+
 impl Default for FillParams {
+    /// The defaults the README's evaluation measured.
     fn default() -> Self {
-        FillParams { levels: None, iterations: 4, patch: 3, rate: 2, scale: (100.0, 1000.0), block: 64, context: 64 }
+        FillParams {
+            levels: None,
+            iterations: 4,
+            patch: 3,
+            rate: 2,
+            rate_one_below: 200,
+            paste: 3,
+            finest: Finest::Copy,
+            scale: (100.0, 1000.0),
+            block: 32,
+            context: 32,
+        }
     }
 }
 
@@ -67,8 +104,9 @@ impl FillParams {
         if self.iterations == 0 {
             return bad("iterations", "0".into(), "at least 1");
         }
-        if self.rate == 0 || self.patch == 0 {
-            return bad("rate/patch", format!("{}/{}", self.rate, self.patch), "both at least 1");
+        if self.rate == 0 || self.patch == 0 || self.paste == 0 {
+            let value = format!("{}/{}/{}", self.rate, self.patch, self.paste);
+            return bad("rate/patch/paste", value, "each at least 1");
         }
         if !(self.scale.0 > 0.0 && self.scale.1 > 0.0 && self.scale.0.is_finite() && self.scale.1.is_finite()) {
             return bad("scale", format!("{:?}", self.scale), "two positive finite numbers");
@@ -79,13 +117,23 @@ impl FillParams {
         Ok(())
     }
 
+    /// The rate of a level whose shorter side is `side` pixels.
+    fn rate_at(&self, side: usize, finest: bool) -> usize {
+        if side < self.rate_one_below && !finest {
+            1
+        } else {
+            self.rate
+        }
+    }
+
     /// The layer's parameters for weights `exp(−scale · d)` (see [`FillParams::scale`]):
     /// the layer's score is `−|f − b|²/(2·ANCHOR·√n)` up to a constant, d = `|f − b|²/n`.
-    fn layer(&self, scale: f32) -> Params {
+    fn layer(&self, scale: f32, rate: usize) -> Params {
         let n = (self.patch * self.patch) as f32;
         Params {
             ksize: self.patch,
-            rate: self.rate,
+            rate,
+            paste_kernel: Some(self.paste * rate),
             softmax_scale: scale * 2.0 * ANCHOR / n.sqrt(),
             fuse: true,
             fuse_mode: FuseMode::Spatial,
@@ -192,7 +240,11 @@ pub fn fill(
         pyramid.push(down);
     }
     let levels = pyramid.len();
-    let iterations = |k: usize| params.iterations.saturating_sub(k).max(1);
+    // Iterations of the level k steps above the coarsest.
+    let iterations = |k: usize| match params.finest {
+        Finest::Copy if levels > 1 && k + 1 == levels => 0,
+        _ => params.iterations.saturating_sub(k).max(1),
+    };
     let total: usize =
         pyramid.iter().rev().enumerate().map(|(k, l)| iterations(k) * l.blocks(params.block).len()).sum();
     let (mut done, mut calls, mut queries_computed) = (0, 0, 0);
@@ -208,15 +260,18 @@ pub fn fill(
         if k + 1 == levels {
             coarse = x.clone();
         }
-        let dilated = level.dilated(params.rate);
+        let rate = params.rate_at(level.h.min(level.w), k + 1 == levels);
+        // The layer sees b's mask through its downscale by the rate, one pixel of each rate×rate
+        // cell: growing the hole by rate − 1 pixels keeps every pasted pixel out of it.
+        let dilated = level.dilated(rate - 1);
         let blocks = level.blocks(params.block);
         let n_iter = iterations(k);
         for t in 0..n_iter {
             let ramp = if n_iter > 1 { t as f32 / (n_iter - 1) as f32 } else { 1.0 };
             let scale = params.scale.0 * (params.scale.1 / params.scale.0).powf(ramp);
-            let layer = ContextualAttention::with_backend(backend.clone(), params.layer(scale))?;
+            let layer = ContextualAttention::with_backend(backend.clone(), params.layer(scale, rate))?;
             for block in &blocks {
-                queries_computed += level.attend(&layer, params, (&mut x, &mut shifts), &dilated, *block)?;
+                queries_computed += level.attend(&layer, params, rate, (&mut x, &mut shifts), &dilated, *block)?;
                 calls += 1;
                 done += 1;
                 progress(done, total);
@@ -436,11 +491,11 @@ impl Level {
         &self,
         layer: &ContextualAttention,
         params: &FillParams,
+        rate: usize,
         (x, shifts): (&mut [f32], &mut [Shift]),
         dilated: &[bool],
         block: Rect,
     ) -> Result<usize> {
-        let rate = params.rate;
         // Enough margin for the paste (2·rate) and the fuse's halo around the block's queries.
         let f_win = self.window(block, 4 * rate, rate);
         let as_float = |v: &[bool]| -> Vec<f32> { v.iter().map(|&b| b as u8 as f32).collect() };

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use contextual_attention::fill::{fill as fill_hole, FillParams};
+use contextual_attention::fill::{fill as fill_hole, FillParams, Finest};
 use contextual_attention::{flow, io, Backend, ContextualAttention, Output, Tensor};
 use image::imageops::FilterType;
 
@@ -25,6 +25,14 @@ pub struct ReconstructArgs {
     pub flow: Option<PathBuf>,
     #[command(flatten)]
     pub layer: LayerArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FinestArg {
+    /// Each hole pixel copies what its match at the next coarser level points to.
+    Copy,
+    /// Iterate the layer at full resolution too.
+    Iterate,
 }
 
 #[derive(Args)]
@@ -53,9 +61,18 @@ pub struct FillArgs {
     /// Matching patch size (on the level downscaled by the rate).
     #[arg(long, default_value_t = FillParams::default().patch)]
     pub patch: usize,
-    /// The layer's rate at every level.
+    /// The layer's rate on the larger levels.
     #[arg(long, default_value_t = FillParams::default().rate)]
     pub rate: usize,
+    /// Levels below the finest whose shorter side is under this many pixels match at rate 1.
+    #[arg(long, value_name = "PIXELS", default_value_t = FillParams::default().rate_one_below)]
+    pub rate_one_below: usize,
+    /// Paste kernel as a multiple of the rate.
+    #[arg(long, default_value_t = FillParams::default().paste)]
+    pub paste: usize,
+    /// The finest level: copy the coarser level's matches (sharp, fast) or iterate (smoother).
+    #[arg(long, value_enum, default_value_t = FinestArg::Copy)]
+    pub finest: FinestArg,
     /// Softmax scale at a level's first iteration.
     #[arg(long, default_value_t = FillParams::default().scale.0)]
     pub scale_start: f32,
@@ -153,6 +170,12 @@ pub fn fill(a: FillArgs) -> CliResult {
         iterations: a.iterations,
         patch: a.patch,
         rate: a.rate,
+        rate_one_below: a.rate_one_below,
+        paste: a.paste,
+        finest: match a.finest {
+            FinestArg::Copy => Finest::Copy,
+            FinestArg::Iterate => Finest::Iterate,
+        },
         scale: (a.scale_start, a.scale_end),
         block: a.block,
         context: a.context,
