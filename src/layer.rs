@@ -41,7 +41,8 @@ pub struct RunOptions<'a> {
     /// wanted; SPEC §R): only the query rows whose pastes cover it, with their fuse halos, are
     /// computed. Inside the region y equals the full run's (within 1e-6 relative); outside it
     /// y is 0, and queries not computed have argmax 0 and mass 0.
-    /// [`Output::queries_computed`] tells the work done.
+    /// [`Output::queries_computed`] tells the work done. (`run_async` blocks like `run` when a
+    /// region is set.)
     pub region: Option<&'a Tensor>,
 }
 
@@ -202,8 +203,8 @@ impl ContextualAttention {
         let shapes = (f.shape(), b.shape(), mask.map(|m| m.shape()));
         let g = Geometry::new(&self.params, shapes.0, shapes.1, shapes.2)?;
         let needed = options.region.map(|r| g.region_rows(r)).transpose()?;
-        if let Some(empty) = needed.as_ref().filter(|n| !n.contains(&true)) {
-            return Ok(Self::empty_region(&g, empty));
+        if needed.as_ref().is_some_and(|n| !n.contains(&true)) {
+            return Ok(Self::empty_region(&g));
         }
         let mut out = match &self.backend {
             Backend::Cpu => {
@@ -234,10 +235,10 @@ impl ContextualAttention {
     }
 
     /// The output of a call whose region covers no pixel: nothing computed, everything 0.
-    fn empty_region(g: &Geometry, needed: &[bool]) -> Output {
+    fn empty_region(g: &Geometry) -> Output {
         let y = Tensor::zeros([g.batch, g.f_size.0, g.f_size.1, g.channels]);
         let mut out = Output::new(g, y, vec![0; g.batch * g.queries()], vec![0.0; g.batch * g.queries()]);
-        out.queries_computed = g.batch * g.wf * needed.iter().filter(|&&r| r).count();
+        out.queries_computed = 0;
         out
     }
 
