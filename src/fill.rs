@@ -89,7 +89,7 @@ impl Default for FillParams {
             finest: Finest::Copy,
             scale: (100.0, 1000.0),
             block: 32,
-            context: 32,
+            context: 64,
         }
     }
 }
