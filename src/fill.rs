@@ -263,7 +263,7 @@ pub fn fill(
         let rate = params.rate_at(level.h.min(level.w), k + 1 == levels);
         // The layer sees b's mask through its downscale by the rate, one pixel of each rate×rate
         // cell: growing the hole by rate − 1 pixels keeps every pasted pixel out of it.
-        let dilated = level.dilated(rate - 1);
+        let source_mask = level.source_mask(rate - 1);
         let blocks = level.blocks(params.block);
         let n_iter = iterations(k);
         for t in 0..n_iter {
@@ -271,7 +271,7 @@ pub fn fill(
             let scale = params.scale.0 * (params.scale.1 / params.scale.0).powf(ramp);
             let layer = ContextualAttention::with_backend(backend.clone(), params.layer(scale, rate))?;
             for block in &blocks {
-                queries_computed += level.attend(&layer, params, rate, (&mut x, &mut shifts), &dilated, *block)?;
+                queries_computed += level.attend(&layer, params, rate, (&mut x, &mut shifts), &source_mask, *block)?;
                 calls += 1;
                 done += 1;
                 progress(done, total);
@@ -369,16 +369,17 @@ impl Level {
         dist
     }
 
-    /// The hole grown by `by` pixels (chessboard): b's mask, so that no patch pasted into the
-    /// hole overlaps it, whichever pixel of a `rate` cell the layer's downscale picks.
-    fn dilated(&self, by: usize) -> Vec<bool> {
+    /// b's mask for the layer (1: not a source): the hole grown by `by` pixels (chessboard),
+    /// so that no patch pasted into the hole overlaps it, whichever pixel of a `rate` cell the
+    /// layer's downscale picks.
+    fn source_mask(&self, by: usize) -> Vec<f32> {
         let (h, w) = (self.h, self.w);
-        let mut out = self.hole.clone();
+        let mut out: Vec<f32> = self.hole.iter().map(|&x| x as u8 as f32).collect();
         for y in 0..h {
             for x in 0..w {
                 if self.hole[y * w + x] {
                     for yy in y.saturating_sub(by)..(y + by + 1).min(h) {
-                        out[yy * w + x.saturating_sub(by)..yy * w + (x + by + 1).min(w)].fill(true);
+                        out[yy * w + x.saturating_sub(by)..yy * w + (x + by + 1).min(w)].fill(1.0);
                     }
                 }
             }
@@ -484,7 +485,8 @@ impl Level {
     }
 
     /// One layer call for `block`: the queries of a window around it against the patches of
-    /// its context that do not touch the hole (`dilated`), the block's hole as region; the
+    /// its context that do not touch the hole (`source_mask`: 1 where b may not be read, see
+    /// [`Level::source_mask`]), the block's hole as region; the
     /// result is written into the block's hole pixels of `x`, and where each was copied from
     /// into `shifts`. Returns the queries computed.
     fn attend(
@@ -493,12 +495,11 @@ impl Level {
         params: &FillParams,
         rate: usize,
         (x, shifts): (&mut [f32], &mut [Shift]),
-        dilated: &[bool],
+        source_mask: &[f32],
         block: Rect,
     ) -> Result<usize> {
         // Enough margin for the paste (2·rate) and the fuse's halo around the block's queries.
         let f_win = self.window(block, 4 * rate, rate);
-        let as_float = |v: &[bool]| -> Vec<f32> { v.iter().map(|&b| b as u8 as f32).collect() };
         let mut context = params.context.max(params.block);
         let region = Tensor::from_fn([1, f_win.y1 - f_win.y0, f_win.x1 - f_win.x0, 1], |_, y, xx, _| {
             let (yy, xx) = (f_win.y0 + y, f_win.x0 + xx);
@@ -506,14 +507,15 @@ impl Level {
             (inside && self.hole[yy * self.w + xx]) as u8 as f32
         });
         let f = self.crop_anchored(x, f_win);
-        let mask_values = as_float(dilated);
+        let mut computed = 0;
         loop {
             let b_win = self.window(block, context, rate);
             let b = self.crop_anchored(x, b_win);
-            let mask = self.crop(&mask_values, 1, b_win);
+            let mask = self.crop(source_mask, 1, b_win);
             let whole_level =
                 b_win.y1 - b_win.y0 == self.h / rate * rate && b_win.x1 - b_win.x0 == self.w / rate * rate;
             let out = layer.run(&f, &b, Some(&mask), &RunOptions::new().region(&region))?;
+            computed += out.queries_computed;
             // A query of the region with no usable patch in its context (mass 0) would paste
             // nothing: widen the context, up to the whole level.
             if region_queries_starved(&out, &region, rate) && !whole_level {
@@ -535,7 +537,7 @@ impl Level {
                     }
                 }
             }
-            return Ok(out.queries_computed);
+            return Ok(computed);
         }
     }
 }
