@@ -81,10 +81,10 @@ impl Default for FillParams {
     fn default() -> Self {
         FillParams {
             levels: None,
-            iterations: 4,
+            iterations: 3,
             patch: 3,
             rate: 2,
-            rate_one_below: 200,
+            rate_one_below: 300,
             paste: 3,
             finest: Finest::Copy,
             scale: (100.0, 1000.0),
