@@ -43,8 +43,8 @@ pub struct FillParams {
     pub iterations: usize,
     /// Matching patch size (the layer's `ksize`, on the grid downscaled by `rate`).
     pub patch: usize,
-    /// The layer's rate on levels whose shorter side is at least `rate_one_below` pixels:
-    /// matching on the level downscaled by it.
+    /// The layer's rate on the finest level and on levels whose shorter side is at least
+    /// `rate_one_below` pixels: matching on the level downscaled by it.
     pub rate: usize,
     /// Levels below the finest whose shorter side is under this many pixels match at rate 1
     /// (every pixel): they are small, and matching there decides what the hole is made of.
@@ -59,7 +59,7 @@ pub struct FillParams {
     /// difference per pixel to the query's patch (values divided by 255, summed over
     /// channels, and over the fuse's neighbours).
     pub scale: (f32, f32),
-    /// Side in pixels of the blocks a level is cut into (a multiple of `rate`).
+    /// Side in pixels of the blocks a level is cut into (one layer call per block with hole).
     pub block: usize,
     /// Pixels of context around a block whose patches may be copied into it.
     pub context: usize,

@@ -306,27 +306,28 @@ fn decode_image(path: &Path) -> Result<image::DynamicImage> {
 /// Grey images are expanded to three equal channels, an alpha channel is dropped and 16-bit
 /// images are scaled to 8 bits.
 pub fn read_image_rgb(path: &Path) -> Result<Tensor> {
-    let img = decode_image(path)?.to_rgb8();
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    Tensor::new([1, h, w, 3], img.into_raw().into_iter().map(f32::from).collect())
+    to_tensor(decode_image(path)?, 3)
 }
 
 /// Reads an image as `[1, H, W, 1]` if it is grey (with or without alpha), else as
 /// `[1, H, W, 3]`, values 0–255 (see [`read_image_rgb`]).
 pub fn read_image(path: &Path) -> Result<Tensor> {
     let img = decode_image(path)?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let (c, data) =
-        if img.color().has_color() { (3, img.to_rgb8().into_raw()) } else { (1, img.to_luma8().into_raw()) };
-    Tensor::new([1, h, w, c], data.into_iter().map(f32::from).collect())
+    let channels = if img.color().has_color() { 3 } else { 1 };
+    to_tensor(img, channels)
 }
 
 /// Reads an image as a `[1, H, W, 1]` grey tensor with values 0–255 (colour images are
 /// converted to luminance).
 pub fn read_image_gray(path: &Path) -> Result<Tensor> {
-    let img = decode_image(path)?.to_luma8();
+    to_tensor(decode_image(path)?, 1)
+}
+
+/// `img` as a `[1, H, W, channels]` tensor of 0–255 values: RGB for 3 channels, luminance for 1.
+fn to_tensor(img: image::DynamicImage, channels: usize) -> Result<Tensor> {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    Tensor::new([1, h, w, 1], img.into_raw().into_iter().map(f32::from).collect())
+    let data = if channels == 3 { img.to_rgb8().into_raw() } else { img.to_luma8().into_raw() };
+    Tensor::new([1, h, w, channels], data.into_iter().map(f32::from).collect())
 }
 
 /// Float to byte as OpenCV converts images: round half away from zero, saturate to 0..=255

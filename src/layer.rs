@@ -117,6 +117,17 @@ pub enum Backend {
     Reference,
 }
 
+impl Backend {
+    /// One line naming where the layer runs: the adapter, or the CPU path and its threads.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Gpu(gpu) => gpu.describe(),
+            Backend::Cpu => cpu::describe(),
+            Backend::Reference => "CPU twin (f64)".to_string(),
+        }
+    }
+}
+
 /// The contextual attention layer, ready to run.
 ///
 /// Builds its pipelines once (on the GPU) and keeps its buffers between calls of the same
@@ -184,11 +195,7 @@ impl ContextualAttention {
 
     /// One line naming where the layer runs.
     pub fn describe_backend(&self) -> String {
-        match &self.backend {
-            Backend::Gpu(gpu) => gpu.describe(),
-            Backend::Cpu => cpu::describe(),
-            Backend::Reference => "CPU twin (f64)".to_string(),
-        }
+        self.backend.describe()
     }
 
     /// Runs the layer, blocking until the results are read back.

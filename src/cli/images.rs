@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use contextual_attention::fill::{fill as fill_hole, FillParams, Finest};
-use contextual_attention::{flow, io, Backend, ContextualAttention, Output, Tensor};
+use contextual_attention::{flow, io, Output, Tensor};
 use image::imageops::FilterType;
 
 use super::{check_writable, BackendArg, CliResult, LayerArgs};
@@ -213,7 +213,7 @@ pub fn fill(a: FillArgs) -> CliResult {
     eprintln!(
         "filled {hole_pixels} pixels in {:.0} ms on {}: {} levels, {} layer calls, {} queries",
         super::ms(t),
-        describe(&backend),
+        backend.describe(),
         filled.levels,
         filled.calls,
         filled.queries_computed
@@ -223,11 +223,4 @@ pub fn fill(a: FillArgs) -> CliResult {
         io::write_image(p, &filled.coarse)?;
     }
     Ok(())
-}
-
-/// One line naming where the fill runs.
-fn describe(backend: &Backend) -> String {
-    ContextualAttention::with_backend(backend.clone(), Default::default())
-        .map(|l| l.describe_backend())
-        .unwrap_or_else(|_| "?".to_string())
 }
