@@ -38,12 +38,13 @@ pub fn scores(a: &[f32], b: &[f32], out: &mut [f32], out_stride: usize, m: usize
     matmul(out, Accum::Replace, a, b, 1.0f32, par());
 }
 
-/// `out [m, n] += a [m, k] · b [k, n]`: attention weights times raw patches, added to the paste.
-pub fn accumulate(a: &[f32], b: &[f32], out: &mut [f32], m: usize, n: usize, k: usize) {
+/// `out [m, n] += a [m, k] · b [k, n]`: attention weights times raw patches, added to the paste;
+/// a's rows are `a_stride` apart.
+pub fn accumulate(a: &[f32], a_stride: usize, b: &[f32], out: &mut [f32], m: usize, n: usize, k: usize) {
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    let a = MatRef::from_row_major_slice(&a[..m * k], m, k);
+    let a = MatRef::from_row_major_slice_with_stride(&a[..(m - 1) * a_stride + k], m, k, a_stride);
     let b = MatRef::from_row_major_slice(&b[..k * n], k, n);
     matmul(MatMut::from_row_major_slice_mut(&mut out[..m * n], m, n), Accum::Add, a, b, 1.0f32, par());
 }

@@ -264,10 +264,21 @@ impl Workspace {
         g: &Geometry,
         (qt, next_q): (&Tile, Option<&Tile>),
         (k, kt, next_k): (usize, &Tile, Option<&Tile>),
+        scored: Option<&[bool]>,
     ) {
         let (wf, pw, d) = (g.wf, g.pw, g.match_len());
         let nk_raw = kt.raw_rows.len() * pw;
         let block = wf * nk_raw;
+        // Which of the tile's raw key positions are scored, and how many before each: the
+        // matching panel holds only those (see `scored_keys`).
+        let is_scored: Vec<bool> =
+            kt.raw_rows.iter().flat_map(|&u| (0..pw).map(move |v| scored.is_none_or(|s| s[u * pw + v]))).collect();
+        let before: Vec<usize> = std::iter::once(0)
+            .chain(is_scored.iter().scan(0, |n, &s| {
+                *n += s as usize;
+                Some(*n)
+            }))
+            .collect();
         if self.halo.len() <= k {
             self.halo.resize_with(k + 1, HaloRows::default);
         }
@@ -297,15 +308,25 @@ impl Workspace {
             for (keys, at) in &key_runs {
                 let column = keys.start * pw;
                 match at {
-                    None => gemm::scores(
-                        &self.query_patches[queries.start * d..],
-                        &self.matching_patches[column * d..],
-                        &mut self.scores[queries.start * nk_raw + column..],
-                        nk_raw,
-                        queries.len(),
-                        keys.len() * pw,
-                        d,
-                    ),
+                    None => {
+                        let width = keys.len() * pw;
+                        let (from, to) = (before[column], before[column + width]);
+                        gemm::scores(
+                            &self.query_patches[queries.start * d..],
+                            &self.matching_patches[from * d..],
+                            &mut self.scores[queries.start * nk_raw + column..],
+                            nk_raw,
+                            queries.len(),
+                            to - from,
+                            d,
+                        );
+                        if to - from < width {
+                            let flags = &is_scored[column..column + width];
+                            self.scores[queries.start * nk_raw..queries.end * nk_raw]
+                                .par_chunks_mut(nk_raw)
+                                .for_each(|row| spread(&mut row[column..column + width], to - from, flags));
+                        }
+                    }
                     Some(at) => {
                         for q in queries.clone() {
                             self.scores[q * nk_raw + column..][..pw]
@@ -351,6 +372,9 @@ struct Item<'a> {
     b: Image<'a>,
     norms: &'a [f32],
     validity: &'a [f32],
+    /// The keys whose validity is not 0 (`None`: all of them) and the raw score positions
+    /// their fused scores read (see [`scored_keys`]).
+    skipping: Option<(&'a [bool], &'a [bool])>,
 }
 
 /// What a query tile gives beside its pasted columns (left in [`Workspace`]): argmax and mass per query.
@@ -386,9 +410,10 @@ impl Item<'_> {
         ws.key_halo.rows.clear();
         for (k, kt) in keys.iter().enumerate() {
             let (nk, nk_raw) = (kt.rows.len() * pw, kt.raw_rows.len() * pw);
-            panels::matching_patches(self.downscaled_b, g, &kt.raw_rows, self.norms, &mut ws.matching_patches);
+            let (valid, scored) = (self.skipping.map(|s| s.0), self.skipping.map(|s| s.1));
+            panels::matching_patches(self.downscaled_b, g, &kt.raw_rows, self.norms, scored, &mut ws.matching_patches);
             ws.scores.resize((nq_raw * nk_raw).max(nq * nk), 0.0);
-            ws.raw_scores(g, (qt, next), (k, kt, keys.get(k + 1)));
+            ws.raw_scores(g, (qt, next), (k, kt, keys.get(k + 1)), scored);
             if g.fuse.is_some() {
                 let k_rows: Vec<usize> = kt.rows.clone().collect();
                 ws.first_fuse_pass.resize(qt.pass1_rows.len() * wf * kt.pass1_rows.len() * pw, 0.0);
@@ -421,8 +446,20 @@ impl Item<'_> {
             acc.par_chunks_mut(p).zip(&rows).filter(|(_, r)| r.rescale != 1.0).for_each(|(a, r)| {
                 a.iter_mut().for_each(|x| *x *= r.rescale);
             });
-            panels::raw_patches(self.b, g, kt.rows.clone(), &mut ws.raw_patches);
-            gemm::accumulate(scores, &ws.raw_patches, &mut acc, nq, p, nk);
+            // Patches of validity 0 have weight exactly 0: the paste leaves them out.
+            panels::raw_patches(self.b, g, kt.rows.clone(), valid, &mut ws.raw_patches);
+            let weighed = match valid {
+                Some(valid) => {
+                    let flags = &valid[first..first + nk];
+                    let kept = flags.iter().filter(|&&v| v).count();
+                    if kept < nk {
+                        scores.par_chunks_mut(nk).for_each(|row| gather(row, flags));
+                    }
+                    kept
+                }
+                None => nk,
+            };
+            gemm::accumulate(scores, nk, &ws.raw_patches, &mut acc, nq, p, weighed);
         }
         let finished: Vec<(f32, u32, f32)> = rows.iter().map(Row::finish).collect();
         acc.par_chunks_mut(p).zip(&finished).for_each(|(a, &(sum, _, _))| {
@@ -465,6 +502,7 @@ pub fn forward(
     let mut mass = vec![0.0f32; g.batch * g.queries()];
     let mut attention_rows = vec![0.0f32; g.batch * queries.len() * l];
     let mut validity = vec![1.0f32; l];
+    let mut skipping: Option<(Vec<bool>, Vec<bool>)> = None;
     let (mut done, total) = (0, g.batch * tiling.query.len());
     for n in 0..g.batch {
         let f_item = &f.data()[n * f_len..(n + 1) * f_len];
@@ -480,6 +518,9 @@ pub fn forward(
         }
         let downscaled_b = Image { data: &downscaled_b, h: g.hb, w: g.wb, c };
         let norms = panels::norms(downscaled_b, g);
+        if mask.is_some() && (n == 0 || g.mask_batch > 1) {
+            skipping = scored_keys(g, &validity);
+        }
         let item = Item {
             g,
             params,
@@ -488,6 +529,7 @@ pub fn forward(
             b: Image { data: b_item, h: hb_full, w: wb_full, c },
             norms: &norms,
             validity: &validity,
+            skipping: skipping.as_ref().map(|(v, s)| (&v[..], &s[..])),
         };
         let mut y = vec![0.0f32; f_len];
         let item_rows = &mut attention_rows[n * queries.len() * l..(n + 1) * queries.len() * l];
@@ -511,4 +553,63 @@ pub fn forward(
     out.queries = queries.to_vec();
     out.attention_rows = attention_rows;
     Ok(out)
+}
+
+/// The keys the GEMMs need when some patches have validity 0 (`None` when none has): the valid
+/// ones, whose paste weight is not 0, and the raw score positions their fused scores read (the
+/// fuse's two passes spread back from them, SPEC §2.8). A patch of validity 0 gets weight exactly
+/// 0 whatever its score (logit 0·s or −∞, SPEC §2.9), so its raw patch is not pasted and its score,
+/// where no valid neighbour reads it, not computed (it is 0 in the scores). The results are the
+/// same up to the order of the sums, except that a non-finite value in a skipped patch does not
+/// spread NaN as it does in the original.
+fn scored_keys(g: &Geometry, validity: &[f32]) -> Option<(Vec<bool>, Vec<bool>)> {
+    let valid: Vec<bool> = validity.iter().map(|&m| m != 0.0).collect();
+    if valid.iter().all(|&v| v) {
+        return None;
+    }
+    let scored = match g.fuse {
+        None => valid.clone(),
+        Some(fuse) => {
+            let pw = g.pw;
+            // The positions a pass reads for the marked positions it writes.
+            let read_by = |written: &[bool], pass: FusePass| {
+                let mut read = vec![false; written.len()];
+                for at in (0..written.len()).filter(|&at| written[at]) {
+                    for d in fuse.offsets() {
+                        if let Some((i, j)) = Geometry::fuse_step(fuse.mode, pass, g.ph, pw, at / pw, at % pw, d) {
+                            read[i * pw + j] = true;
+                        }
+                    }
+                }
+                read
+            };
+            read_by(&read_by(&valid, FusePass::Cols), FusePass::Rows)
+        }
+    };
+    Some((valid, scored))
+}
+
+/// Spreads the first `count` values of `row` to the positions `flags` marks, in order, and zeroes
+/// the others (in place: a value only moves right).
+fn spread(row: &mut [f32], count: usize, flags: &[bool]) {
+    let mut left = count;
+    for at in (0..row.len()).rev() {
+        if flags[at] {
+            left -= 1;
+            row[at] = row[left];
+        } else {
+            row[at] = 0.0;
+        }
+    }
+}
+
+/// Moves the values of `row` at the positions `flags` marks to its front, in order (in place).
+fn gather(row: &mut [f32], flags: &[bool]) {
+    let mut kept = 0;
+    for at in 0..row.len() {
+        if flags[at] {
+            row[kept] = row[at];
+            kept += 1;
+        }
+    }
 }

@@ -82,30 +82,44 @@ fn sum_of_squares(x: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// Matching patches of the patch-grid rows `rows`, each divided by `max(‖patch‖, 1e-4)`
-/// (SPEC §2.6): `[rows·pw, k·k·C]`.
-pub fn matching_patches(b: Image, g: &Geometry, rows: &[usize], norms: &[f32], out: &mut Vec<f32>) {
+/// The tile's positions (index `slot` over `rows.len()·pw`, row-major) that `keep` (over all L
+/// patches; `None`: every one) marks, each with its patch-grid index.
+fn kept(g: &Geometry, rows: impl ExactSizeIterator<Item = usize>, keep: Option<&[bool]>) -> Vec<usize> {
+    rows.flat_map(|u| (0..g.pw).map(move |v| u * g.pw + v)).filter(|&at| keep.is_none_or(|k| k[at])).collect()
+}
+
+/// Matching patches of the patch-grid rows `rows` that `keep` marks (all if `None`), in
+/// order, each divided by `max(‖patch‖, 1e-4)` (SPEC §2.6): `[kept, k·k·C]`.
+pub fn matching_patches(
+    b: Image,
+    g: &Geometry,
+    rows: &[usize],
+    norms: &[f32],
+    keep: Option<&[bool]>,
+    out: &mut Vec<f32>,
+) {
     let d = g.match_len();
-    out.resize(rows.len() * g.pw * d, 0.0);
-    out.par_chunks_mut(d).enumerate().for_each(|(slot, patch)| {
-        let (u, v) = (rows[slot / g.pw], slot % g.pw);
-        let (y0, x0) = match_origin(g, u, v);
+    let positions = kept(g, rows.iter().copied(), keep);
+    out.resize(positions.len() * d, 0.0);
+    out.par_chunks_mut(d).zip(&positions).for_each(|(patch, &at)| {
+        let (y0, x0) = match_origin(g, at / g.pw, at % g.pw);
         b.window(y0, x0, g.ksize, patch);
-        let denom = norms[u * g.pw + v].max(1e-4);
+        let denom = norms[at].max(1e-4);
         patch.iter_mut().for_each(|x| *x /= denom);
     });
 }
 
-/// Raw (paste) patches of the patch-grid rows `rows` from full-resolution b: K×K windows at
-/// stride r·s with SAME padding (SPEC §2.4), `[rows·pw, K·K·C]`.
-pub fn raw_patches(b: Image, g: &Geometry, rows: std::ops::Range<usize>, out: &mut Vec<f32>) {
+/// Raw (paste) patches of the patch-grid rows `rows` that `keep` marks (all if `None`), in
+/// order, from full-resolution b: K×K windows at stride r·s with SAME padding (SPEC §2.4),
+/// `[kept, K·K·C]`.
+pub fn raw_patches(b: Image, g: &Geometry, rows: std::ops::Range<usize>, keep: Option<&[bool]>, out: &mut Vec<f32>) {
     let (kk, step) = (g.paste_kernel, g.rate * g.stride);
     let p = g.raw_len();
-    out.resize(rows.len() * g.pw * p, 0.0);
-    out.par_chunks_mut(p).enumerate().for_each(|(slot, patch)| {
-        let (u, v) = (rows.start + slot / g.pw, slot % g.pw);
-        let y0 = (u * step) as isize - g.raw_pad.0 as isize;
-        let x0 = (v * step) as isize - g.raw_pad.1 as isize;
+    let positions = kept(g, rows, keep);
+    out.resize(positions.len() * p, 0.0);
+    out.par_chunks_mut(p).zip(&positions).for_each(|(patch, &at)| {
+        let y0 = ((at / g.pw) * step) as isize - g.raw_pad.0 as isize;
+        let x0 = ((at % g.pw) * step) as isize - g.raw_pad.1 as isize;
         b.window(y0, x0, kk, patch);
     });
 }
