@@ -408,9 +408,9 @@ impl Item<'_> {
         acc.clear();
         acc.resize(nq * p, 0.0);
         ws.key_halo.rows.clear();
+        let (valid, scored) = (self.skipping.map(|s| s.0), self.skipping.map(|s| s.1));
         for (k, kt) in keys.iter().enumerate() {
             let (nk, nk_raw) = (kt.rows.len() * pw, kt.raw_rows.len() * pw);
-            let (valid, scored) = (self.skipping.map(|s| s.0), self.skipping.map(|s| s.1));
             panels::matching_patches(self.downscaled_b, g, &kt.raw_rows, self.norms, scored, &mut ws.matching_patches);
             ws.scores.resize((nq_raw * nk_raw).max(nq * nk), 0.0);
             ws.raw_scores(g, (qt, next), (k, kt, keys.get(k + 1)), scored);
@@ -447,18 +447,10 @@ impl Item<'_> {
                 a.iter_mut().for_each(|x| *x *= r.rescale);
             });
             // Patches of validity 0 have weight exactly 0: the paste leaves them out.
-            panels::raw_patches(self.b, g, kt.rows.clone(), valid, &mut ws.raw_patches);
-            let weighed = match valid {
-                Some(valid) => {
-                    let flags = &valid[first..first + nk];
-                    let kept = flags.iter().filter(|&&v| v).count();
-                    if kept < nk {
-                        scores.par_chunks_mut(nk).for_each(|row| gather(row, flags));
-                    }
-                    kept
-                }
-                None => nk,
-            };
+            let weighed = panels::raw_patches(self.b, g, kt.rows.clone(), valid, &mut ws.raw_patches);
+            if let Some(valid) = valid.filter(|_| weighed < nk) {
+                scores.par_chunks_mut(nk).for_each(|row| gather(row, &valid[first..first + nk]));
+            }
             gemm::accumulate(scores, nk, &ws.raw_patches, &mut acc, nq, p, weighed);
         }
         let finished: Vec<(f32, u32, f32)> = rows.iter().map(Row::finish).collect();
@@ -515,12 +507,10 @@ pub fn forward(
             let item: Vec<f64> = mask.item(m).data().iter().map(|&v| v as f64).collect();
             let downscaled = reference::downscale(&item, wb_full, 1, &g.b_rows, &g.b_cols);
             validity = reference::mask_validity(&downscaled, g).iter().map(|&v| v as f32).collect();
+            skipping = scored_keys(g, &validity);
         }
         let downscaled_b = Image { data: &downscaled_b, h: g.hb, w: g.wb, c };
         let norms = panels::norms(downscaled_b, g);
-        if mask.is_some() && (n == 0 || g.mask_batch > 1) {
-            skipping = scored_keys(g, &validity);
-        }
         let item = Item {
             g,
             params,

@@ -82,9 +82,9 @@ fn sum_of_squares(x: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// The tile's positions (index `slot` over `rows.len()·pw`, row-major) that `keep` (over all L
-/// patches; `None`: every one) marks, each with its patch-grid index.
-fn kept(g: &Geometry, rows: impl ExactSizeIterator<Item = usize>, keep: Option<&[bool]>) -> Vec<usize> {
+/// The patch-grid indices of the positions on the patch-grid rows `rows` that `keep` (over all L
+/// patches; `None`: every one) marks, row-major.
+fn kept(g: &Geometry, rows: impl Iterator<Item = usize>, keep: Option<&[bool]>) -> Vec<usize> {
     rows.flat_map(|u| (0..g.pw).map(move |v| u * g.pw + v)).filter(|&at| keep.is_none_or(|k| k[at])).collect()
 }
 
@@ -111,8 +111,14 @@ pub fn matching_patches(
 
 /// Raw (paste) patches of the patch-grid rows `rows` that `keep` marks (all if `None`), in
 /// order, from full-resolution b: K×K windows at stride r·s with SAME padding (SPEC §2.4),
-/// `[kept, K·K·C]`.
-pub fn raw_patches(b: Image, g: &Geometry, rows: std::ops::Range<usize>, keep: Option<&[bool]>, out: &mut Vec<f32>) {
+/// `[kept, K·K·C]`. Returns how many were kept.
+pub fn raw_patches(
+    b: Image,
+    g: &Geometry,
+    rows: std::ops::Range<usize>,
+    keep: Option<&[bool]>,
+    out: &mut Vec<f32>,
+) -> usize {
     let (kk, step) = (g.paste_kernel, g.rate * g.stride);
     let p = g.raw_len();
     let positions = kept(g, rows, keep);
@@ -122,4 +128,5 @@ pub fn raw_patches(b: Image, g: &Geometry, rows: std::ops::Range<usize>, keep: O
         let x0 = ((at % g.pw) * step) as isize - g.raw_pad.1 as isize;
         b.window(y0, x0, kk, patch);
     });
+    positions.len()
 }
