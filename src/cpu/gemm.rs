@@ -1,4 +1,4 @@
-//! The two GEMMs of the layer on the CPU (SPEC §2.7 scores, §2.10 paste), through faer's packed,
+//! The two GEMMs of the layer on the CPU (SPEC §2.7 scores, as pixel dot products; §2.10 paste), through faer's packed,
 //! blocked kernels with run-time SIMD dispatch (AVX-512/AVX2/NEON) on all of rayon's threads.
 //!
 //! Why faer: on this project's shapes ([Nq, k²C]·[Nk, k²C]ᵀ and [Nq, Lk]·[Lk, K²C]) on a 2-vCPU
@@ -18,9 +18,9 @@ fn par() -> Par {
     }
 }
 
-/// `out [m, n] = a [m, k] · b [n, k]ᵀ`: raw scores of query patches against matching patches,
-/// written into rows `out_stride` apart (a block of a wider scores matrix).
-pub fn scores(a: &[f32], b: &[f32], out: &mut [f32], out_stride: usize, m: usize, n: usize, k: usize) {
+/// `out [m, n] = a [m, k] · b [n, k]ᵀ`, rows `out_stride` apart: the dot products of f′'s and
+/// b′'s pixels the raw scores are summed from ([`super::scores`]).
+pub fn gram(a: &[f32], b: &[f32], out: &mut [f32], out_stride: usize, m: usize, n: usize, k: usize) {
     if m == 0 || n == 0 {
         return;
     }

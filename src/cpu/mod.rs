@@ -2,7 +2,7 @@
 //! §T2 describes. For each query tile (whole rows of the query grid, with the halo rows the fuse
 //! reads) and each key tile (whole rows of the patch grid, with theirs):
 //!
-//! 1. the raw scores as one GEMM of gathered panels (query patches · matching patchesᵀ),
+//! 1. the raw scores from a GEMM of f′'s and b′'s pixels and k² shifted adds ([`scores`]),
 //! 2. the two fuse passes, from the halos down to the tiles' own rows,
 //! 3. the online masked softmax, keeping per query the running maximum, sums, argmax and mass,
 //! 4. the paste as a second GEMM (weights · raw patches) added to the query tile's accumulator,
@@ -20,12 +20,14 @@
 //! is computed by one thread in a fixed order, and the tiling depends on the sizes and the
 //! budget only.
 //!
-//! Written here rather than taken from a crate: the fuse, the online masked softmax and the
-//! implicit patch panels are this layer's own; the GEMMs are faer's ([`gemm`]).
+//! Written here rather than taken from a crate: the scores from pixel dot products, the fuse,
+//! the online masked softmax and the patch panels are this layer's own; the GEMMs are faer's
+//! ([`gemm`]).
 
 mod fuse;
 pub mod gemm;
 mod panels;
+mod scores;
 pub mod softmax;
 
 use rayon::prelude::*;
@@ -172,25 +174,21 @@ impl Tiling {
         Self::shared(if self.keep_halo { &self.query } else { &[] })
     }
 
-    /// The working set in bytes: the panels and scores of the largest query tile × key tile
-    /// (the raw scores' buffer is reused for the second fuse pass and the weights), the halo
+    /// The working set in bytes: the Gram block, scores and paste panels of the largest query
+    /// tile × key tile (the raw scores' buffer is reused for the second fuse pass and the
+    /// weights), the halo
     /// rows kept for the next query tile against every key tile and for the next key tile, and
     /// the L-sized vectors.
     pub fn bytes(&self, g: &Geometry) -> u64 {
         let (nq, nq1, nq_raw) = Self::largest(&self.query, g.wf);
         let (nk, nk1, nk_raw) = Self::largest(&self.keys, g.pw);
-        let (d, p) = (g.match_len(), g.raw_len());
+        let p = g.raw_len();
+        let raw_rows = |tiles: &[Tile]| tiles.iter().map(|t| t.raw_rows.len()).max().unwrap_or(0);
+        let gram = scores::gram_len(g, raw_rows(&self.query), raw_rows(&self.keys));
         let all_keys_raw: usize = self.keys.iter().map(|t| t.raw_rows.len() * g.pw).sum();
         let query_halo = self.shared_query_rows().max().unwrap_or(0) * g.wf * all_keys_raw;
         let key_halo = nq_raw * Self::shared(&self.keys).max().unwrap_or(0) * g.pw;
-        let floats = nq_raw * d
-            + nk_raw * d
-            + (nq_raw * nk_raw).max(nq * nk)
-            + nq1 * nk1
-            + nk * p
-            + nq * p
-            + query_halo
-            + key_halo;
+        let floats = gram + (nq_raw * nk_raw).max(nq * nk) + nq1 * nk1 + nk * p + nq * p + query_halo + key_halo;
         4 * floats as u64 + 4 * (3 * g.patches() + 8 * nq) as u64
     }
 
@@ -205,9 +203,12 @@ impl Tiling {
         let k_raw = sum(&self.keys, g.pw, |t| t.raw_rows.len()) - k_shared;
         let (q1, k1) = (sum(&self.query, g.wf, |t| t.pass1_rows.len()), sum(&self.keys, g.pw, |t| t.pass1_rows.len()));
         let fk = g.fuse.map_or(0, |f| f.k) as f64;
-        // Narrow GEMMs run slower: about 12 % at 512 columns, measured on the scores GEMM.
+        // The Gram GEMM (C per pixel pair, s² pixel pairs per score; narrow GEMMs run slower:
+        // about 12 % at 512 columns) and its k² shifted adds per score, memory-bound.
         let new_columns = k_raw / self.keys.len() as f64;
-        let scores = 2.0 * g.match_len() as f64 * q_raw * k_raw * (1.0 + 64.0 / new_columns);
+        let (k, s) = (g.ksize as f64, g.stride as f64);
+        let gram = 2.0 * g.channels as f64 * s * s * q_raw * k_raw * (1.0 + 64.0 / new_columns);
+        let scores = gram + 4.0 * k * k * q_raw * k_raw;
         // Each key tile rescales and adds to the query tile's paste accumulator.
         let accumulate = 8.0 * (self.keys.len() * g.queries() * g.raw_len()) as f64;
         let fuse = 4.0 * fk * (q1 * k1 + (g.queries() * g.patches()) as f64);
@@ -228,8 +229,8 @@ impl Tiling {
 /// a call of the same sizes allocates nothing large.
 #[derive(Default)]
 pub struct Workspace {
-    query_patches: Vec<f32>,
-    matching_patches: Vec<f32>,
+    /// Pixel dot products of f′ and b′ (see [`scores`]).
+    gram: Vec<f32>,
     raw_patches: Vec<f32>,
     /// Raw scores, then the fused scores, then the paste weights.
     scores: Vec<f32>,
@@ -261,24 +262,13 @@ impl Workspace {
     /// query tile (`next_q`) and the key rows the next key tile (`next_k`) need are kept.
     fn raw_scores(
         &mut self,
-        g: &Geometry,
+        item: &Item,
         (qt, next_q): (&Tile, Option<&Tile>),
         (k, kt, next_k): (usize, &Tile, Option<&Tile>),
-        scored: Option<&[bool]>,
     ) {
-        let (wf, pw, d) = (g.wf, g.pw, g.match_len());
+        let (g, wf, pw) = (item.g, item.g.wf, item.g.pw);
         let nk_raw = kt.raw_rows.len() * pw;
         let block = wf * nk_raw;
-        // Which of the tile's raw key positions are scored, and how many before each: the
-        // matching panel holds only those (see `scored_keys`).
-        let is_scored: Vec<bool> =
-            kt.raw_rows.iter().flat_map(|&u| (0..pw).map(move |v| scored.is_none_or(|s| s[u * pw + v]))).collect();
-        let before: Vec<usize> = std::iter::once(0)
-            .chain(is_scored.iter().scan(0, |n, &s| {
-                *n += s as usize;
-                Some(*n)
-            }))
-            .collect();
         if self.halo.len() <= k {
             self.halo.resize_with(k + 1, HaloRows::default);
         }
@@ -308,25 +298,17 @@ impl Workspace {
             for (keys, at) in &key_runs {
                 let column = keys.start * pw;
                 match at {
-                    None => {
-                        let width = keys.len() * pw;
-                        let (from, to) = (before[column], before[column + width]);
-                        gemm::scores(
-                            &self.query_patches[queries.start * d..],
-                            &self.matching_patches[from * d..],
-                            &mut self.scores[queries.start * nk_raw + column..],
-                            nk_raw,
-                            queries.len(),
-                            to - from,
-                            d,
-                        );
-                        if to - from < width {
-                            let flags = &is_scored[column..column + width];
-                            self.scores[queries.start * nk_raw..queries.end * nk_raw]
-                                .par_chunks_mut(nk_raw)
-                                .for_each(|row| spread(&mut row[column..column + width], to - from, flags));
-                        }
-                    }
+                    None => scores::raw_scores(
+                        item.downscaled_f,
+                        item.downscaled_b,
+                        g,
+                        item.inv_norms,
+                        &qt.raw_rows[slot..end],
+                        &kt.raw_rows[keys.clone()],
+                        &mut self.gram,
+                        &mut self.scores[queries.start * nk_raw + column..],
+                        nk_raw,
+                    ),
                     Some(at) => {
                         for q in queries.clone() {
                             self.scores[q * nk_raw + column..][..pw]
@@ -370,11 +352,12 @@ struct Item<'a> {
     downscaled_f: Image<'a>,
     downscaled_b: Image<'a>,
     b: Image<'a>,
-    norms: &'a [f32],
+    /// `1 / max(‖patch‖, 1e-4)` per patch (SPEC §2.6).
+    inv_norms: &'a [f32],
     validity: &'a [f32],
-    /// The keys whose validity is not 0 (`None`: all of them) and the raw score positions
-    /// their fused scores read (see [`scored_keys`]).
-    skipping: Option<(&'a [bool], &'a [bool])>,
+    /// The keys whose validity is not 0 (`None`: all of them): the paste leaves out the others,
+    /// whose weight is exactly 0 (SPEC §2.9).
+    valid: Option<&'a [bool]>,
 }
 
 /// What a query tile gives beside its pasted columns (left in [`Workspace`]): argmax and mass per query.
@@ -402,18 +385,16 @@ impl Item<'_> {
         let nq = qt.rows.len() * wf;
         let nq_raw = qt.raw_rows.len() * wf;
         let q_rows: Vec<usize> = qt.rows.clone().collect();
-        panels::query_patches(self.downscaled_f, g, &qt.raw_rows, &mut ws.query_patches);
         let mut rows = vec![Row::default(); nq];
         let mut acc = std::mem::take(&mut ws.pasted_columns);
         acc.clear();
         acc.resize(nq * p, 0.0);
         ws.key_halo.rows.clear();
-        let (valid, scored) = (self.skipping.map(|s| s.0), self.skipping.map(|s| s.1));
+        let valid = self.valid;
         for (k, kt) in keys.iter().enumerate() {
             let (nk, nk_raw) = (kt.rows.len() * pw, kt.raw_rows.len() * pw);
-            panels::matching_patches(self.downscaled_b, g, &kt.raw_rows, self.norms, scored, &mut ws.matching_patches);
             ws.scores.resize((nq_raw * nk_raw).max(nq * nk), 0.0);
-            ws.raw_scores(g, (qt, next), (k, kt, keys.get(k + 1)), scored);
+            ws.raw_scores(self, (qt, next), (k, kt, keys.get(k + 1)));
             if g.fuse.is_some() {
                 let k_rows: Vec<usize> = kt.rows.clone().collect();
                 ws.first_fuse_pass.resize(qt.pass1_rows.len() * wf * kt.pass1_rows.len() * pw, 0.0);
@@ -488,13 +469,13 @@ pub fn forward(
     let (c, l) = (g.channels, g.patches());
     let ((hf_full, wf_full), (hb_full, wb_full)) = (g.f_size, g.b_size);
     let (f_len, b_len) = (hf_full * wf_full * c, hb_full * wb_full * c);
-    let mut y_all = Vec::with_capacity(g.batch * f_len);
+    let mut y_all = vec![0.0f32; g.batch * f_len];
     // Queries outside the tiles (rows a region does not need) keep argmax 0, mass 0.
     let mut argmax = vec![0u32; g.batch * g.queries()];
     let mut mass = vec![0.0f32; g.batch * g.queries()];
     let mut attention_rows = vec![0.0f32; g.batch * queries.len() * l];
     let mut validity = vec![1.0f32; l];
-    let mut skipping: Option<(Vec<bool>, Vec<bool>)> = None;
+    let mut valid: Option<Vec<bool>> = None;
     let (mut done, total) = (0, g.batch * tiling.query.len());
     for n in 0..g.batch {
         let f_item = &f.data()[n * f_len..(n + 1) * f_len];
@@ -507,90 +488,43 @@ pub fn forward(
             let item: Vec<f64> = mask.item(m).data().iter().map(|&v| v as f64).collect();
             let downscaled = reference::downscale(&item, wb_full, 1, &g.b_rows, &g.b_cols);
             validity = reference::mask_validity(&downscaled, g).iter().map(|&v| v as f32).collect();
-            skipping = scored_keys(g, &validity);
+            valid = Some(validity.iter().map(|&m| m != 0.0).collect::<Vec<bool>>()).filter(|v| v.contains(&false));
         }
         let downscaled_b = Image { data: &downscaled_b, h: g.hb, w: g.wb, c };
-        let norms = panels::norms(downscaled_b, g);
+        // Multiplied, not divided, in the scores' inner loop: a division there cost 3 % of a call.
+        let inv_norms: Vec<f32> = panels::norms(downscaled_b, g).iter().map(|n| 1.0 / n.max(1e-4)).collect();
         let item = Item {
             g,
             params,
             downscaled_f: Image { data: &downscaled_f, h: g.hf, w: g.wf, c },
             downscaled_b,
             b: Image { data: b_item, h: hb_full, w: wb_full, c },
-            norms: &norms,
+            inv_norms: &inv_norms,
             validity: &validity,
-            skipping: skipping.as_ref().map(|(v, s)| (&v[..], &s[..])),
+            valid: valid.as_deref(),
         };
-        let mut y = vec![0.0f32; f_len];
+        // Folded straight into the output: a second buffer and a copy doubled the page faults.
+        let y = &mut y_all[n * f_len..(n + 1) * f_len];
         let item_rows = &mut attention_rows[n * queries.len() * l..(n + 1) * queries.len() * l];
         for (t, qt) in tiling.query.iter().enumerate() {
             let inspected = inspected_in(qt, g.wf, queries);
             // The next query tile, whose shared halo rows this one keeps (if the tiling keeps any).
             let next = tiling.query.get(t + 1).filter(|_| tiling.keep_halo);
             let r = item.query_tile(qt, next, &tiling.keys, ws, &inspected, item_rows);
-            reference::fold(&ws.pasted_columns, qt.rows.clone(), g, &mut y);
+            reference::fold(&ws.pasted_columns, qt.rows.clone(), g, y);
             let at = n * g.queries() + qt.rows.start * g.wf;
             argmax[at..at + r.argmax.len()].copy_from_slice(&r.argmax);
             mass[at..at + r.mass.len()].copy_from_slice(&r.mass);
             done += 1;
             progress(done, total);
         }
-        reference::normalize(&mut y, g, params.overlap);
-        y_all.extend(y);
+        reference::normalize(y, g, params.overlap);
     }
     let y = Tensor::new([g.batch, hf_full, wf_full, c], y_all)?;
     let mut out = Output::new(g, y, argmax, mass);
     out.queries = queries.to_vec();
     out.attention_rows = attention_rows;
     Ok(out)
-}
-
-/// The keys the GEMMs need when some patches have validity 0 (`None` when none has): the valid
-/// ones, whose paste weight is not 0, and the raw score positions their fused scores read (the
-/// fuse's two passes spread back from them, SPEC §2.8). A patch of validity 0 gets weight exactly
-/// 0 whatever its score (logit 0·s or −∞, SPEC §2.9), so its raw patch is not pasted and its score,
-/// where no valid neighbour reads it, not computed (it is 0 in the scores). The results are the
-/// same up to the order of the sums, except that a non-finite value in a skipped patch does not
-/// spread NaN as it does in the original.
-fn scored_keys(g: &Geometry, validity: &[f32]) -> Option<(Vec<bool>, Vec<bool>)> {
-    let valid: Vec<bool> = validity.iter().map(|&m| m != 0.0).collect();
-    if valid.iter().all(|&v| v) {
-        return None;
-    }
-    let scored = match g.fuse {
-        None => valid.clone(),
-        Some(fuse) => {
-            let pw = g.pw;
-            // The positions a pass reads for the marked positions it writes.
-            let read_by = |written: &[bool], pass: FusePass| {
-                let mut read = vec![false; written.len()];
-                for at in (0..written.len()).filter(|&at| written[at]) {
-                    for d in fuse.offsets() {
-                        if let Some((i, j)) = Geometry::fuse_step(fuse.mode, pass, g.ph, pw, at / pw, at % pw, d) {
-                            read[i * pw + j] = true;
-                        }
-                    }
-                }
-                read
-            };
-            read_by(&read_by(&valid, FusePass::Cols), FusePass::Rows)
-        }
-    };
-    Some((valid, scored))
-}
-
-/// Spreads the first `count` values of `row` to the positions `flags` marks, in order, and zeroes
-/// the others (in place: a value only moves right).
-fn spread(row: &mut [f32], count: usize, flags: &[bool]) {
-    let mut left = count;
-    for at in (0..row.len()).rev() {
-        if flags[at] {
-            left -= 1;
-            row[at] = row[left];
-        } else {
-            row[at] = 0.0;
-        }
-    }
 }
 
 /// Moves the values of `row` at the positions `flags` marks to its front, in order (in place).

@@ -1,6 +1,6 @@
-//! Gathers into small per-tile panels (SPEC §T2): query patches of a query
-//! tile's rows, normalised matching patches and raw patches of a key tile's rows, and the
-//! patch norms (the one L-sized vector besides validity). Windows are copied as contiguous
+//! Gathers into small per-tile panels (SPEC §T2): the raw patches of a key tile's rows, and
+//! the patch norms (the one L-sized vector besides validity). (The scores need no panels: they
+//! read f′ and b′ in place, see [`super::scores`].) Windows are copied as contiguous
 //! runs of `C` floats; positions outside the image are zeros (TF SAME padding, SPEC §2.2).
 
 use rayon::prelude::*;
@@ -36,16 +36,6 @@ impl Image<'_> {
             row[dx0 * c..dx1 * c].copy_from_slice(&self.data[from..from + (dx1 - dx0) * c]);
         }
     }
-}
-
-/// Query patches `[rows·wf, k·k·C]` of f′ for the grid rows `rows` (SAME, stride 1; SPEC §2.7).
-pub fn query_patches(f: Image, g: &Geometry, rows: &[usize], out: &mut Vec<f32>) {
-    let d = g.match_len();
-    out.resize(rows.len() * g.wf * d, 0.0);
-    out.par_chunks_mut(d).enumerate().for_each(|(q, patch)| {
-        let (i, j) = (rows[q / g.wf], q % g.wf);
-        f.window(i as isize - g.query_pad.0 as isize, j as isize - g.query_pad.1 as isize, g.ksize, patch);
-    });
 }
 
 /// Top-left of matching patch `(u, v)` on b′.
@@ -86,27 +76,6 @@ fn sum_of_squares(x: &[f32]) -> f32 {
 /// patches; `None`: every one) marks, row-major.
 fn kept(g: &Geometry, rows: impl Iterator<Item = usize>, keep: Option<&[bool]>) -> Vec<usize> {
     rows.flat_map(|u| (0..g.pw).map(move |v| u * g.pw + v)).filter(|&at| keep.is_none_or(|k| k[at])).collect()
-}
-
-/// Matching patches of the patch-grid rows `rows` that `keep` marks (all if `None`), in
-/// order, each divided by `max(‖patch‖, 1e-4)` (SPEC §2.6): `[kept, k·k·C]`.
-pub fn matching_patches(
-    b: Image,
-    g: &Geometry,
-    rows: &[usize],
-    norms: &[f32],
-    keep: Option<&[bool]>,
-    out: &mut Vec<f32>,
-) {
-    let d = g.match_len();
-    let positions = kept(g, rows.iter().copied(), keep);
-    out.resize(positions.len() * d, 0.0);
-    out.par_chunks_mut(d).zip(&positions).for_each(|(patch, &at)| {
-        let (y0, x0) = match_origin(g, at / g.pw, at % g.pw);
-        b.window(y0, x0, g.ksize, patch);
-        let denom = norms[at].max(1e-4);
-        patch.iter_mut().for_each(|x| *x /= denom);
-    });
 }
 
 /// Raw (paste) patches of the patch-grid rows `rows` that `keep` marks (all if `None`), in
