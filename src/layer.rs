@@ -215,7 +215,7 @@ impl ContextualAttention {
         }
         let mut out = match &self.backend {
             Backend::Cpu => {
-                // Query and key tiles of its own (SPEC §T2), under the budget or cpu::DEFAULT_BUDGET.
+                // Query and key tiles of its own (SPEC §T2), under the budget or cpu::default_budget.
                 let mut tiling = match (options.tile_rows, options.key_rows) {
                     (q, Some(k)) => cpu::Tiling::with_rows(&g, q.unwrap_or(g.hf), k),
                     (q, None) => cpu::Tiling::for_call(&g, self.params.memory_budget, q)?,

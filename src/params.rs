@@ -74,7 +74,7 @@ pub struct Params {
     /// Bytes allowed for one query tile's working set (score rows, query patches, pasted
     /// columns; SPEC §T), a hard limit: a call that cannot fit one query row in it fails with
     /// [`crate::Error::MemoryBudget`]. `None`: aim for the smaller of 256 MiB and the device's
-    /// largest storage binding (on the CPU backend, [`crate::cpu::DEFAULT_BUDGET`], which also
+    /// largest storage binding (on the CPU backend, [`crate::cpu::default_budget`], which also
     /// tiles the patches), and use one-row tiles if even those need more. The result does not
     /// depend on it beyond f32 rounding (≤ 1e-6 relative).
     pub memory_budget: Option<u64>,

@@ -159,3 +159,19 @@ fn tiling_fits_the_budget_and_bounds_key_buffers() {
     let e = Tiling::new(&g, 1 << 20, None).unwrap_err().to_string();
     assert!(e.contains("memory budget"), "{e}");
 }
+
+#[test]
+fn default_budget_follows_the_inputs_within_its_bounds() {
+    let p = Params { rate: 2, ..Default::default() };
+    let budget = |h: usize, c: usize| {
+        let g = Geometry::new(&p, [1, h, h, c], [1, h, h, c], None).unwrap();
+        (cpu::default_budget(&g), g)
+    };
+    // 64×64×128 f and b: 2 × 2 MiB of f32, two and a half times that.
+    let (b64, g) = budget(64, 128);
+    assert_eq!(b64, 10 << 20);
+    let t = Tiling::for_call(&g, None, None).unwrap();
+    assert!(t.bytes(&g) <= b64, "the default tiling fits the default budget: {} B", t.bytes(&g));
+    assert_eq!(budget(16, 8).0, 8 << 20, "small inputs get the 8 MiB floor");
+    assert_eq!(budget(1024, 128).0, cpu::MAX_DEFAULT_BUDGET, "large inputs are capped");
+}

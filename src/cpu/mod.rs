@@ -70,10 +70,21 @@ pub fn simd() -> (&'static str, usize) {
     }
 }
 
-/// The CPU backend's memory target when `Params::memory_budget` is `None`: 384 MiB, more than
-/// the GPU's 256 MiB because the tiles' halo rows kept between tiles make 128×128×128 at rate 1
-/// about 12 % faster than at 256 MiB, while the process stays under 0.5 GB.
-pub const DEFAULT_BUDGET: u64 = 384 << 20;
+/// The CPU backend's memory target when `Params::memory_budget` is `None`: two and a half times
+/// one batch item of f and b, at least 8 MiB and at most [`MAX_DEFAULT_BUDGET`]. The working set
+/// then grows with the inputs the caller already holds, not with their square (the scores):
+/// on the three bench cases this keeps the layer's memory under a quarter of TensorFlow's
+/// (README, Numbers) at 1.1× to 1.6× its speed, where the largest tiles are 1.2× to 1.5×
+/// faster still; `Params::memory_budget` trades one for the other.
+pub fn default_budget(g: &Geometry) -> u64 {
+    let ((hf, wf), (hb, wb)) = (g.f_size, g.b_size);
+    let inputs = 4 * g.channels as u64 * (hf * wf + hb * wb) as u64;
+    (inputs * 5 / 2).clamp(8 << 20, MAX_DEFAULT_BUDGET)
+}
+
+/// The largest default budget: 384 MiB, more than the GPU's 256 MiB because halo rows kept
+/// between tiles make large images faster, while the process stays under 0.5 GB.
+pub const MAX_DEFAULT_BUDGET: u64 = 384 << 20;
 
 /// Query tiles (rows of the hf×wf grid) × key tiles (rows of the ph×pw patch grid), each with
 /// its fuse halos (SPEC §T, §T2).
@@ -134,13 +145,13 @@ impl Tiling {
             .ok_or(Error::MemoryBudget { budget, needed: smallest })
     }
 
-    /// The tiling a call uses: under `budget` ([`DEFAULT_BUDGET`] if `None`), or with
+    /// The tiling a call uses: under `budget` ([`default_budget`] if `None`), or with
     /// `query_rows` rows per query tile.
     pub fn for_call(g: &Geometry, budget: Option<u64>, query_rows: Option<usize>) -> Result<Tiling> {
         match (budget, query_rows) {
             (Some(budget), rows) => Tiling::new(g, budget, rows),
             // The default budget is a target: if nothing fits, the smallest tiles still run.
-            (None, rows) => Tiling::new(g, DEFAULT_BUDGET, rows).or_else(|e| match e {
+            (None, rows) => Tiling::new(g, default_budget(g), rows).or_else(|e| match e {
                 Error::MemoryBudget { .. } => {
                     Ok(Tiling { keep_halo: false, ..Tiling::with_rows(g, rows.unwrap_or(1), 1) })
                 }
@@ -203,25 +214,25 @@ impl Tiling {
         let k_raw = sum(&self.keys, g.pw, |t| t.raw_rows.len()) - k_shared;
         let (q1, k1) = (sum(&self.query, g.wf, |t| t.pass1_rows.len()), sum(&self.keys, g.pw, |t| t.pass1_rows.len()));
         let fk = g.fuse.map_or(0, |f| f.k) as f64;
-        // The Gram GEMM (C per pixel pair, s² pixel pairs per score; narrow GEMMs run slower:
-        // about 12 % at 512 columns) and its k² shifted adds per score, memory-bound.
-        let new_columns = k_raw / self.keys.len() as f64;
-        let (k, s) = (g.ksize as f64, g.stride as f64);
-        let gram = 2.0 * g.channels as f64 * s * s * q_raw * k_raw * (1.0 + 64.0 / new_columns);
-        let scores = gram + 4.0 * k * k * q_raw * k_raw;
-        // Each key tile rescales and adds to the query tile's paste accumulator.
-        let accumulate = 8.0 * (self.keys.len() * g.queries() * g.raw_len()) as f64;
+        let (k, s) = (g.ksize, g.stride);
+        // The Gram GEMM: C per pixel pair, over each tile pair's pixel rows, window rows included.
+        let pixels = |tiles: &[Tile], w: usize, step: usize| {
+            tiles.iter().map(|t| ((t.raw_rows.len() * step + k - 1) * w) as f64).sum::<f64>()
+        };
+        let gram = 2.0 * g.channels as f64 * pixels(&self.query, g.wf, 1) * pixels(&self.keys, g.wb, s);
+        // The k² shifted adds per score, memory-bound.
+        let scores = gram + 4.0 * (k * k) as f64 * q_raw * k_raw;
         let fuse = 4.0 * fk * (q1 * k1 + (g.queries() * g.patches()) as f64);
-        // Gathers are memory-bound: count each float moved as a few flops.
-        let gathers = 8.0
-            * (self.query.len() as f64 * k_raw * g.match_len() as f64
-                + self.query.len() as f64 * (g.patches() * g.raw_len()) as f64);
-        let per_pair = 2e5 * (self.query.len() * self.keys.len()) as f64;
-        // What a query tile costs beyond its share of the work (panels gathered against every
-        // key tile, halo copies, the fold, waits between parallel steps): about 50 ms at
-        // 128×128×128 rate 1, found by timing tilings of that size on a 2-vCPU Zen 5.
-        let per_query_tile = 1e10 * self.query.len() as f64;
-        scores + accumulate + fuse + gathers + per_pair + per_query_tile
+        // Passes over memory cost far more than their flops: about 100 flop-equivalents per float
+        // read and written, fitted to tilings of the three bench cases timed on a 2-vCPU Zen 5.
+        // Each key tile rescales the query tile's paste accumulator and adds to it; each query
+        // tile gathers every raw patch.
+        let per_float = 100.0;
+        let accumulate = 2.0 * per_float * (self.keys.len() * g.queries() * g.raw_len()) as f64;
+        let gathers = per_float * (self.query.len() * g.patches() * g.raw_len()) as f64;
+        // Waits between the parallel steps of a tile pair, about 0.1 ms.
+        let per_pair = 2e7 * (self.query.len() * self.keys.len()) as f64;
+        scores + accumulate + fuse + gathers + per_pair
     }
 }
 
