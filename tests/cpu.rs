@@ -175,3 +175,24 @@ fn default_budget_follows_the_inputs_within_its_bounds() {
     assert_eq!(budget(16, 8).0, 8 << 20, "small inputs get the 8 MiB floor");
     assert_eq!(budget(1024, 128).0, cpu::MAX_DEFAULT_BUDGET, "large inputs are capped");
 }
+
+#[test]
+fn wide_backgrounds_split_into_several_gram_blocks_and_agree_with_the_twin() {
+    // b′ is 440 pixels wide (880 at rate 2): a Gram block spans at most 2,048 of b′'s pixels,
+    // 4 pixel rows, so it holds 2 patch rows at stride 1 (with their k − 1 = 2 window rows) and
+    // 1 at stride 2, and each key tile's rows go through several blocks. f is small so the
+    // test stays quick.
+    let mut rng = Rng::new("cpu_wide_b");
+    for (stride, rows) in [(1, (2, 3)), (2, (1, 2)), (1, (3, 6))] {
+        let p = Params { rate: 2, stride, ..Params::default() };
+        let f = relu_features(&mut rng, [1, 8, 16, 3]);
+        let b = relu_features(&mut rng, [1, 24, 880, 3]);
+        let mask = square_hole(24, 880, 4, 100, 12);
+        let twin = ContextualAttention::reference(p.clone()).unwrap().forward(&f, &b, Some(&mask)).unwrap();
+        let out = run_tiled(&p, &f, &b, Some(&mask), rows, &[]);
+        let what = format!("stride {stride}, tiles of {rows:?} rows");
+        let scale = max_abs(twin.y.data());
+        assert_close(&format!("{what}: y"), out.y.data(), &to_f64(twin.y.data()), 1e-5 * scale, 0.0);
+        assert_close(&format!("{what}: mass"), &out.mass, &to_f64(&twin.mass), 1e-5, 0.0);
+    }
+}

@@ -1,9 +1,11 @@
 //! The two GEMMs of the layer on the CPU (SPEC §2.7 scores, as pixel dot products; §2.10 paste), through faer's packed,
 //! blocked kernels with run-time SIMD dispatch (AVX-512/AVX2/NEON) on all of rayon's threads.
 //!
-//! Why faer: on this project's shapes ([Nq, k²C]·[Nk, k²C]ᵀ and [Nq, Lk]·[Lk, K²C]) on a 2-vCPU
-//! AMD EPYC (Zen 5) it gave 161–201 GFLOP/s with both threads, the fastest on four of six shapes,
-//! against 150–183 for `matrixmultiply` (AVX2 at most) and 140–194 for `gemm` (README, Numbers).
+//! Why faer: on the layer's shapes as they were when the crate was chosen (patch GEMMs
+//! [Nq, k²C]·[Nk, k²C]ᵀ and the paste [Nq, Lk]·[Lk, K²C]) on a 2-vCPU AMD EPYC (Zen 5) it gave
+//! 161–201 GFLOP/s with both threads, the fastest on four of six shapes, against 150–183 for
+//! `matrixmultiply` (AVX2 at most) and 140–194 for `gemm` (README, Numbers). The scores' GEMM is
+//! now one of pixels, [pixels, C]·[pixels, C]ᵀ, with the same kernels.
 //! It also gives the same bits for any thread count (it splits the output, never the inner
 //! dimension), which the backend's determinism rests on.
 
@@ -19,7 +21,7 @@ fn par() -> Par {
 }
 
 /// `out [m, n] = a [m, k] · b [n, k]ᵀ`, rows `out_stride` apart: the dot products of f′'s and
-/// b′'s pixels the raw scores are summed from ([`super::scores`]).
+/// b′'s pixels the raw scores are summed from (`scores.rs`).
 pub fn gram(a: &[f32], b: &[f32], out: &mut [f32], out_stride: usize, m: usize, n: usize, k: usize) {
     if m == 0 || n == 0 {
         return;

@@ -2,7 +2,7 @@
 //! §T2 describes. For each query tile (whole rows of the query grid, with the halo rows the fuse
 //! reads) and each key tile (whole rows of the patch grid, with theirs):
 //!
-//! 1. the raw scores from a GEMM of f′'s and b′'s pixels and k² shifted adds ([`scores`]),
+//! 1. the raw scores from a GEMM of f′'s and b′'s pixels and k² shifted adds (`scores.rs`),
 //! 2. the two fuse passes, from the halos down to the tiles' own rows,
 //! 3. the online masked softmax, keeping per query the running maximum, sums, argmax and mass,
 //! 4. the paste as a second GEMM (weights · raw patches) added to the query tile's accumulator,
@@ -15,7 +15,7 @@
 //! validity) grows with the number of patches: the working set is bounded by the memory budget
 //! whatever the image size.
 //!
-//! Threads: the GEMMs run on all of rayon's threads (faer splits their output), the gathers,
+//! Threads: the GEMMs run on all of rayon's threads (faer splits their output); the shifted adds, gathers,
 //! fuse and softmax split rows. No result depends on how many threads there are: every number
 //! is computed by one thread in a fixed order, and the tiling depends on the sizes and the
 //! budget only.
@@ -113,9 +113,10 @@ impl Tiling {
     /// (every height of query and key tiles, halo rows kept or not); `query_rows` fixes the
     /// query tiles' rows. (Preferring less memory among tilings within 3 % of the cheapest cost
     /// nothing measurable on 2 threads but made 16 threads 1.4× to 3× slower: smaller tiles
-    /// leave the threads idle more often.) Cost: the scores GEMM of the halo rows not kept, its speed on narrow tiles,
-    /// the fuse passes, the panel gathers and the accumulator passes, and a fixed cost per tile
-    /// (the paste GEMM costs the same for every tiling).
+    /// leave the threads idle more often.) Cost ([`Tiling::cost`]): the Gram GEMM of each tile
+    /// pair's pixels with their window rows, the k² shifted adds per score, the fuse passes, the
+    /// memory passes of the accumulator and of the raw-patch gathers (about 100 flop-equivalents
+    /// per float), and a cost per tile pair (the paste GEMM costs the same for every tiling).
     pub fn new(g: &Geometry, budget: u64, query_rows: Option<usize>) -> Result<Tiling> {
         let query_needs = RowNeeds::on_grid(g.fuse, g.hf, g.wf);
         let key_needs = RowNeeds::on_grid(g.fuse, g.ph, g.pw);
@@ -187,9 +188,8 @@ impl Tiling {
 
     /// The working set in bytes: the Gram block, scores and paste panels of the largest query
     /// tile × key tile (the raw scores' buffer is reused for the second fuse pass and the
-    /// weights), the halo
-    /// rows kept for the next query tile against every key tile and for the next key tile, and
-    /// the L-sized vectors.
+    /// weights), the halo rows kept for the next query tile against every key tile and for the
+    /// next key tile, and the L-sized vectors.
     pub fn bytes(&self, g: &Geometry) -> u64 {
         let (nq, nq1, nq_raw) = Self::largest(&self.query, g.wf);
         let (nk, nk1, nk_raw) = Self::largest(&self.keys, g.pw);
@@ -269,7 +269,7 @@ impl Workspace {
     /// The raw scores `[raw rows·wf, raw key positions]` of query tile `qt` against key tile
     /// `kt` (index `k`). Computed only where neither neighbour has them: rows the previous query
     /// tile left in `halo[k]` and key rows the previous key tile left in `key_halo` are
-    /// copied, the rest computed as GEMMs on blocks of consecutive rows. Then the rows the next
+    /// copied, the rest computed from Gram blocks of consecutive rows (`scores::raw_scores`). Then the rows the next
     /// query tile (`next_q`) and the key rows the next key tile (`next_k`) need are kept.
     fn raw_scores(
         &mut self,
