@@ -101,8 +101,14 @@ def main():
     ap.add_argument("--strokes", type=int, default=2, help="free-form masks per image")
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--pictures", help="folder to write a comparison picture per image into")
-    ap.add_argument("--fill-args", default="", help="more flags for our fill, e.g. '--finest iterate'")
+    ap.add_argument("--fill-args", action="append",
+                    help="more flags for our fill, e.g. '--finest iterate'; give it several times to compare "
+                         "settings in one run (the other methods run once per case)")
     args = ap.parse_args()
+    settings = args.fill_args or [""]
+    ours_names = ["ours"] if len(settings) == 1 else [f"ours{i}" for i in range(len(settings))]
+    for name, setting in zip(ours_names, settings):
+        print(f"{name}: fill {setting or '(defaults)'}")
     import patchmatch  # noqa: E402  (PyPatchMatch)
     patchmatch.set_random_seed(args.seed)
 
@@ -113,7 +119,7 @@ def main():
     rng = np.random.default_rng(args.seed)
     rows = []
     header = f"{'image':<14}{'mask':<8}{'hole':>6}  " + "  ".join(
-        f"{m:>24}" for m in ["telea", "navier-stokes", "patchmatch", "ours"])
+        f"{m:>24}" for m in ["telea", "navier-stokes", "patchmatch"] + ours_names)
     print("per method: PSNR dB / SSIM / gradient ratio / seconds")
     print(header)
     with tempfile.TemporaryDirectory() as workdir:
@@ -131,7 +137,8 @@ def main():
                 t0 = time.perf_counter()
                 pm = patchmatch.inpaint(pm_in, mask, patch_size=5)
                 results["patchmatch"] = (pm if img.ndim == 3 else pm[..., 0], time.perf_counter() - t0)
-                results["ours"] = ours(args.binary, args.backend, args.fill_args.split(), path, mask, workdir)
+                for method, setting in zip(ours_names, settings):
+                    results[method] = ours(args.binary, args.backend, setting.split(), path, mask, workdir)
                 row = {"image": name, "mask": mask_name, "hole": (mask > 0).mean()}
                 cells = []
                 for method, (res, t) in results.items():
@@ -144,16 +151,18 @@ def main():
                     os.makedirs(args.pictures, exist_ok=True)
                     holed = img.copy()
                     holed[mask > 0] = 255
-                    tiles = [holed, results["telea"][0], results["patchmatch"][0], results["ours"][0]]
+                    tiles = [holed, results["telea"][0], results["patchmatch"][0], results[ours_names[0]][0]]
                     strip = np.concatenate([t if t.ndim == 3 else np.dstack([t] * 3) for t in tiles], axis=1)
                     cv2.imwrite(os.path.join(args.pictures, f"fill_compare_{os.path.splitext(name)[0]}.png"), strip)
     n = len(rows)
-    better = sum(r["ours"][0] > r["patchmatch"][0] for r in rows)
-    sharp = np.median([r["ours"][2] / max(r["patchmatch"][2], 1e-9) for r in rows])
-    slower = np.median([r["ours"][3] / max(r["patchmatch"][3], 1e-9) for r in rows])
-    print(f"\n{n} cases: ours has the higher hole PSNR than PatchMatch on {better}/{n} ({better / n:.0%}); "
-          f"median gradient ratio ours/PatchMatch {sharp:.2f}; median time ours/PatchMatch {slower:.2f}x")
-    for method in ["telea", "navier-stokes", "patchmatch", "ours"]:
+    print()
+    for name in ours_names:
+        better = sum(r[name][0] > r["patchmatch"][0] for r in rows)
+        sharp = np.median([r[name][2] / max(r["patchmatch"][2], 1e-9) for r in rows])
+        slower = np.median([r[name][3] / max(r["patchmatch"][3], 1e-9) for r in rows])
+        print(f"{n} cases: {name} has the higher hole PSNR than PatchMatch on {better}/{n} ({better / n:.0%}); "
+              f"median gradient ratio {name}/PatchMatch {sharp:.2f}; median time {name}/PatchMatch {slower:.2f}x")
+    for method in ["telea", "navier-stokes", "patchmatch"] + ours_names:
         v = np.array([r[method] for r in rows])
         print(f"mean {method:<14} PSNR {v[:, 0].mean():6.2f} dB  SSIM {v[:, 1].mean():.3f}  "
               f"gradient ratio {v[:, 2].mean():.2f}  time {v[:, 3].mean():.2f} s")
