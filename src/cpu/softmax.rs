@@ -40,27 +40,31 @@ pub fn logit(s: f32, m: f32, scale: f32, masking: Masking) -> f32 {
 /// eˣ in f32 without a library call, so that loops over it vectorise: Cody–Waite reduction
 /// x = n·ln 2 + r, |r| ≤ ln 2 / 2, a degree-6 polynomial for eʳ (Cephes' `expf` coefficients,
 /// about 1 ulp), and 2ⁿ put into the exponent bits. Below −87.3 (and for −∞) it returns 0.
+/// (`avx2::exp8` does the same operations on eight lanes, with these constants.)
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding and subtracting 1.5·2²³ rounds to the nearest integer without a rounding instruction.
-    const ROUND: f32 = 12_582_912.0;
-    let xc = x.clamp(-87.0, 88.0);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let xc = x.clamp(EXP_MIN, EXP_MAX);
+    let n = (xc * std::f32::consts::LOG2_E + ROUND) - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
-        * r
-        + 0.5;
+    let p = EXP_POLY[1..].iter().fold(EXP_POLY[0], |p, &k| p * r + k);
     let y = p * r * r + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    if x < -87.0 {
+    if x < EXP_MIN {
         0.0
     } else {
         y * scale
     }
 }
+
+/// [`exp`]'s constants: its input range, ln 2 in two parts, the rounding constant (adding and
+/// subtracting 1.5·2²³ rounds to the nearest integer without a rounding instruction) and the
+/// polynomial's coefficients, highest degree first.
+const EXP_MIN: f32 = -87.0;
+const EXP_MAX: f32 = 88.0;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const ROUND: f32 = 12_582_912.0;
+const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
 
 /// The maximum of `x` where `m ≠ 0` (all of `x` if `masked_too`), −∞ if none; eight lanes at a time.
 #[inline(always)]
@@ -161,6 +165,7 @@ unsafe fn update_row_avx2(z: &mut [f32], validity: &[f32], first: u32, scale: f3
 /// the scalar code's operations in its order, without FMA, so the bits are the scalar's.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, ROUND};
     use std::arch::x86_64::*;
 
     /// [`super::exp`] on eight lanes.
@@ -168,23 +173,16 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     fn exp8(x: __m256) -> __m256 {
         let c = _mm256_set1_ps;
-        let xc = _mm256_min_ps(_mm256_max_ps(x, c(-87.0)), c(88.0));
-        let n = _mm256_sub_ps(
-            _mm256_add_ps(_mm256_mul_ps(xc, c(std::f32::consts::LOG2_E)), c(12_582_912.0)),
-            c(12_582_912.0),
-        );
-        let r =
-            _mm256_sub_ps(_mm256_sub_ps(xc, _mm256_mul_ps(n, c(0.693_359_4))), _mm256_mul_ps(n, c(-2.121_944_4e-4)));
-        let mut p = c(1.987_569_1e-4);
-        for k in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
-            p = _mm256_add_ps(_mm256_mul_ps(p, r), c(k));
-        }
+        let xc = _mm256_min_ps(_mm256_max_ps(x, c(EXP_MIN)), c(EXP_MAX));
+        let n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(xc, c(std::f32::consts::LOG2_E)), c(ROUND)), c(ROUND));
+        let r = _mm256_sub_ps(_mm256_sub_ps(xc, _mm256_mul_ps(n, c(LN2_HI))), _mm256_mul_ps(n, c(LN2_LO)));
+        let p = EXP_POLY[1..].iter().fold(c(EXP_POLY[0]), |p, &k| _mm256_add_ps(_mm256_mul_ps(p, r), c(k)));
         let y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r), c(1.0));
         let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
             _mm256_cvttps_epi32(n),
             _mm256_set1_epi32(127),
         )));
-        let below = _mm256_cmp_ps::<_CMP_LT_OQ>(x, c(-87.0));
+        let below = _mm256_cmp_ps::<_CMP_LT_OQ>(x, c(EXP_MIN));
         _mm256_andnot_ps(below, _mm256_mul_ps(y, scale))
     }
 
