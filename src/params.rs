@@ -72,8 +72,8 @@ pub struct Params {
     /// Fuse propagation (default: the original's wrap-around).
     pub fuse_mode: FuseMode,
     /// Bytes allowed for one query tile's working set (score rows, query patches, pasted
-    /// columns on the GPU; Gram block, score and paste panels on the CPU; SPEC §T), a hard limit: a call that cannot fit one query row in it fails with
-    /// [`crate::Error::MemoryBudget`]. `None`: aim for the smaller of 256 MiB and the device's
+    /// columns on the GPU; Gram block, score and paste panels on the CPU; SPEC §T), a hard
+    /// limit: a call that cannot fit one query row in it fails with [`crate::Error::MemoryBudget`]. `None`: aim for the smaller of 256 MiB and the device's
     /// largest storage binding (on the CPU backend, [`crate::cpu::default_budget`], which also
     /// tiles the patches), and use one-row tiles if even those need more. The result does not
     /// depend on it beyond f32 rounding (≤ 1e-6 relative).

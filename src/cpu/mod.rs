@@ -15,8 +15,8 @@
 //! validity) grows with the number of patches: the working set is bounded by the memory budget
 //! whatever the image size.
 //!
-//! Threads: the GEMMs run on all of rayon's threads (faer splits their output); the shifted adds, gathers,
-//! fuse and softmax split rows. No result depends on how many threads there are: every number
+//! Threads: the GEMMs run on all of rayon's threads (faer splits their output); the shifted
+//! adds, gathers, fuse and softmax split rows. No result depends on how many threads there are: every number
 //! is computed by one thread in a fixed order, and the tiling depends on the sizes and the
 //! budget only.
 //!
@@ -269,8 +269,9 @@ impl Workspace {
     /// The raw scores `[raw rows·wf, raw key positions]` of query tile `qt` against key tile
     /// `kt` (index `k`). Computed only where neither neighbour has them: rows the previous query
     /// tile left in `halo[k]` and key rows the previous key tile left in `key_halo` are
-    /// copied, the rest computed from Gram blocks of consecutive rows (`scores::raw_scores`). Then the rows the next
-    /// query tile (`next_q`) and the key rows the next key tile (`next_k`) need are kept.
+    /// copied, the rest computed from Gram blocks of consecutive rows (`scores::raw_scores`).
+    /// Then the rows the next query tile (`next_q`) and the key rows the next key tile
+    /// (`next_k`) need are kept.
     fn raw_scores(
         &mut self,
         item: &Item,

@@ -71,12 +71,13 @@ const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_
 fn max_where<const AVX2: bool>(x: &[f32], m: &[f32], masked_too: bool) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
     let full = x.len() / 8 * 8;
-    #[cfg(target_arch = "x86_64")]
     if AVX2 {
         // SAFETY: as in `update_row`.
-        unsafe { avx2::max_where(&x[..full], &m[..full], masked_too, &mut lanes) };
-    }
-    if !AVX2 || cfg!(not(target_arch = "x86_64")) {
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            avx2::max_where(&x[..full], &m[..full], masked_too, &mut lanes)
+        };
+    } else {
         for (xc, mc) in x[..full].chunks_exact(8).zip(m[..full].chunks_exact(8)) {
             for lane in 0..8 {
                 let v = if masked_too || mc[lane] != 0.0 { xc[lane] } else { f32::NEG_INFINITY };
@@ -128,12 +129,14 @@ fn update_row<const AVX2: bool>(
     let (mut sum, mut valid_sum) = ([0.0f32; 8], [0.0f32; 8]);
     let full = z.len() / 8 * 8;
     let (z_full, z_tail) = z.split_at_mut(full);
-    #[cfg(target_arch = "x86_64")]
     if AVX2 {
-        // SAFETY: `AVX2` is true only in `update_row_avx2`, called where the CPU has AVX2.
-        unsafe { avx2::weigh(z_full, &validity[..full], new_max, &mut sum, &mut valid_sum) };
-    }
-    if !AVX2 || cfg!(not(target_arch = "x86_64")) {
+        // SAFETY: `AVX2` is true only in `update_row_avx2` (x86-64 only), called where the CPU
+        // has AVX2.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            avx2::weigh(z_full, &validity[..full], new_max, &mut sum, &mut valid_sum)
+        };
+    } else {
         for (zc, mc) in z_full.chunks_exact_mut(8).zip(validity.chunks_exact(8)) {
             for lane in 0..8 {
                 let e = exp(zc[lane] - new_max);
