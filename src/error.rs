@@ -98,6 +98,19 @@ pub enum Error {
     #[error("GPU error: {0}")]
     Gpu(String),
 
+    /// A caller's buffer of a device-resident call cannot be used as given.
+    #[error("device buffer `{name}`: {reason}")]
+    DeviceBuffer {
+        /// Its role: `f`, `b`, `mask`, `y`, `argmax` or `mass`.
+        name: &'static str,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+
+    /// The call asks for something this backend or path does not do.
+    #[error("{0}")]
+    Unsupported(String),
+
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -4,11 +4,12 @@ use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
 use crate::cpu;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::geometry::Geometry;
 use crate::gpu::context::Gpu;
 use crate::gpu::forward::{self, Workspace};
 use crate::gpu::kernel::Kernels;
+use crate::gpu::resident::{DeviceIo, DeviceOutputs, DeviceTensor};
 use crate::output::Output;
 use crate::params::{Params, DEFAULT_MEMORY_BUDGET};
 use crate::plan::Plan;
@@ -315,6 +316,107 @@ impl ContextualAttention {
         mask: Option<&Tensor>,
     ) -> Result<Output> {
         self.run(f, b, mask, &RunOptions::new().tile_rows(rows_per_tile))
+    }
+
+    /// Records the layer into the caller's `encoder`, on tensors that stay on the GPU: f, b
+    /// and the mask are read from the caller's buffers and y (and, if asked for, argmax and
+    /// mass) written to theirs, with no copy through the host. Nothing is submitted: the
+    /// results are in the output buffers once the caller submits `encoder` on this layer's
+    /// queue ([`Gpu::queue`]) and it completes.
+    ///
+    /// The buffers must belong to this layer's device ([`Gpu::from_device`] wraps a device
+    /// the caller already has). Inputs need [`wgpu::BufferUsages::COPY_SRC`], outputs
+    /// [`wgpu::BufferUsages::COPY_DST`], offsets a multiple of 4 bytes; y may be f's own range
+    /// (in place). Shapes, sizes, usages and offsets are checked here, with an error naming
+    /// the buffer. The whole call is one compute pass of `encoder`: for a very large call,
+    /// whose work could run into the operating system's GPU timeout,
+    /// [`run_on_device`](Self::run_on_device) submits it in parts. Of `options`, the tiling
+    /// (`tile_rows`, `key_rows`) applies; progress, inspected queries and regions need the
+    /// host path ([`run`](Self::run)) and are refused.
+    ///
+    /// ```no_run
+    /// use contextual_attention::{ContextualAttention, DeviceOutputs, DeviceTensor, Gpu, Params, RunOptions};
+    /// use wgpu::util::DeviceExt;
+    /// # fn main() -> contextual_attention::Result<()> {
+    /// let gpu = Gpu::new()?;
+    /// let layer = ContextualAttention::new(&gpu, Params { rate: 2, ..Default::default() })?;
+    /// let shape = [1, 32, 32, 8];
+    /// let values: Vec<f32> = (0..32 * 32 * 8).map(|i| (i % 17) as f32 / 17.0).collect();
+    /// let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    /// // A tensor that lives on the GPU, e.g. the output of the previous layer; y replaces it.
+    /// let x = gpu.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+    ///     label: Some("x"),
+    ///     contents: bytemuck::cast_slice(&values),
+    ///     usage,
+    /// });
+    /// let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    /// // ... the previous layer's passes ...
+    /// let x_t = DeviceTensor::new(&x, shape);
+    /// layer.record_on_device(&mut encoder, &x_t, &x_t, None, &DeviceOutputs::y(&x), &RunOptions::new())?;
+    /// // ... the next layer's passes read x ...
+    /// gpu.queue().submit([encoder.finish()]);
+    /// # Ok(()) }
+    /// ```
+    pub fn record_on_device(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        f: &DeviceTensor,
+        b: &DeviceTensor,
+        mask: Option<&DeviceTensor>,
+        outputs: &DeviceOutputs,
+        options: &RunOptions,
+    ) -> Result<()> {
+        let io = DeviceIo { f, b, mask, out: outputs };
+        let (gpu, g, plan) = self.prepare_device_call(io, options)?;
+        let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
+        let kernels = self.kernels();
+        gpu.checked(|| forward::record_on_device(gpu, kernels, &mut ws, &self.params, &g, &plan, io, encoder))
+    }
+
+    /// [`record_on_device`](Self::record_on_device), submitted on the layer's queue in parts
+    /// (one per query tile, as [`run`](Self::run) does). Returns without waiting: the index of
+    /// the last submission, which the caller can wait for with
+    /// `gpu.device().poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })`,
+    /// or simply submit later work that reads the outputs on the same queue.
+    pub fn run_on_device(
+        &self,
+        f: &DeviceTensor,
+        b: &DeviceTensor,
+        mask: Option<&DeviceTensor>,
+        outputs: &DeviceOutputs,
+        options: &RunOptions,
+    ) -> Result<wgpu::SubmissionIndex> {
+        let io = DeviceIo { f, b, mask, out: outputs };
+        let (gpu, g, plan) = self.prepare_device_call(io, options)?;
+        let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
+        let kernels = self.kernels();
+        gpu.checked(|| forward::submit_on_device(gpu, kernels, &mut ws, &self.params, &g, &plan, io))
+    }
+
+    /// The checks of a device-resident call: GPU backend, supported options, shapes, buffers.
+    fn prepare_device_call(&self, io: DeviceIo, options: &RunOptions) -> Result<(&Gpu, Geometry, Plan)> {
+        let Backend::Gpu(gpu) = &self.backend else {
+            return Err(Error::Unsupported(format!(
+                "device-resident calls need the GPU backend, and this layer runs on {}; \
+                 build it with ContextualAttention::new(&gpu, params), or use run() with host tensors",
+                self.backend.describe()
+            )));
+        };
+        let refused = [
+            (options.progress.is_some(), "progress"),
+            (!options.queries.is_empty(), "queries"),
+            (options.region.is_some(), "region"),
+        ];
+        if let Some((_, what)) = refused.iter().find(|r| r.0) {
+            return Err(Error::Unsupported(format!(
+                "RunOptions::{what} is not available on a device-resident call (it needs the results on the host); \
+                 use run() for it, or leave it unset"
+            )));
+        }
+        let g = Geometry::new(&self.params, io.f.shape, io.b.shape, io.mask.map(|m| m.shape))?;
+        io.check(&g)?;
+        let plan = self.prepare(&g, None, options)?;
+        Ok((gpu, g, plan))
     }
 
     /// The tile plan a call with these shapes would use on the GPU or the twin (the CPU backend

@@ -46,6 +46,7 @@ pub mod tensor;
 pub use error::{Error, Result};
 pub use geometry::Geometry;
 pub use gpu::context::Gpu;
+pub use gpu::resident::{DeviceOutputs, DeviceTarget, DeviceTensor};
 pub use layer::{Backend, ContextualAttention, RunOptions};
 pub use output::Output;
 pub use params::{FuseMode, Masking, Overlap, Params};

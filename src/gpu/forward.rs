@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::geometry::{FusePass, Geometry};
 use crate::gpu::context::Gpu;
 use crate::gpu::kernel::{Kernels, Recorder};
+use crate::gpu::resident::DeviceIo;
 use crate::gpu::stages::{
     attention_rows, downscale, fold, fuse, gemm, mask_validity, matching_patches, normalize, query_patches,
     raw_patches, softmax, Source, STORAGE,
@@ -331,6 +332,85 @@ pub(crate) struct Pending {
     receiver: futures_intrusive::channel::shared::OneshotReceiver<std::result::Result<(), wgpu::BufferAsyncError>>,
 }
 
+/// The buffers of a recorded call besides the workspace's: they belong to the call, so that a
+/// call recorded but not yet submitted is never changed by the next one.
+struct CallBuffers {
+    /// The attention rows of the inspected queries.
+    rows: wgpu::Buffer,
+    rows_len: usize,
+    /// All ones, copied into the validity when there is no mask.
+    ones: Option<wgpu::Buffer>,
+}
+
+/// Records every dispatch of one call against the workspace's buffers, allocated for `g` and
+/// `plan` or reused. Everything the recording needs from the host is in buffers created with
+/// their contents, not queue writes, so the recording stays valid until it is submitted.
+#[allow(clippy::too_many_arguments)]
+fn record_call<'w>(
+    gpu: &Gpu,
+    workspace: &'w mut Option<Workspace>,
+    params: &Params,
+    g: &Geometry,
+    plan: &Plan,
+    has_mask: bool,
+    queries: &[(usize, usize)],
+) -> Result<(Recorder, &'w Buffers, CallBuffers)> {
+    g.check_queries(queries)?;
+    let index = IndexTable::new(g, plan, queries);
+    let key = WorkspaceKey { geometry: g.clone(), plan: plan.clone() };
+    if workspace.as_ref().map(|w| &w.key) != Some(&key) {
+        *workspace = None; // free the old buffers before allocating new ones
+        let buffers = Buffers::new(gpu, g, plan)?;
+        *workspace = Some(Workspace { key, buffers });
+    }
+    let bufs = &workspace.as_ref().expect("just set").buffers;
+    let index_buf = storage_init(gpu, "index tables", bytemuck::cast_slice(&index.data))?;
+    let ones = (!has_mask).then(|| storage_init(gpu, "all valid", bytemuck::cast_slice(&vec![1.0f32; g.patches()])));
+    let rows_len = g.batch * queries.len() * g.patches();
+    let rows = storage(gpu, "attention rows", rows_len)?;
+    let mut recording = Recording {
+        rec: Recorder::new(&gpu.device),
+        g,
+        params,
+        plan,
+        bufs,
+        index: &index,
+        index_buf: &index_buf,
+        attention_rows: &rows,
+        queries: queries.len(),
+        variants: gemm_variants(gpu, g, plan)?,
+    };
+    for n in 0..g.batch {
+        recording.item(n, has_mask)?;
+    }
+    Ok((recording.rec, bufs, CallBuffers { rows, rows_len, ones: ones.transpose()? }))
+}
+
+/// A storage buffer created with `contents`, after checking it against the device limits.
+fn storage_init(gpu: &Gpu, name: &'static str, contents: &[u8]) -> Result<wgpu::Buffer> {
+    let limit = gpu.max_binding();
+    if contents.len() as u64 > limit {
+        return Err(Error::BufferTooLarge { name, size: contents.len() as u64, limit, what: "storage binding" });
+    }
+    // A binding may not be empty.
+    let contents = if contents.is_empty() { &[0u8; 4][..] } else { contents };
+    Ok(wgpu::util::DeviceExt::create_buffer_init(
+        &gpu.device,
+        &wgpu::util::BufferInitDescriptor { label: Some(name), contents, usage: STORAGE },
+    ))
+}
+
+impl CallBuffers {
+    /// What every call's first part does before the dispatches, after the inputs are in place:
+    /// all-valid patches when there is no mask, and a zero y for the fold to add into.
+    fn prelude(&self, encoder: &mut wgpu::CommandEncoder, bufs: &Buffers) {
+        if let Some(ones) = &self.ones {
+            encoder.copy_buffer_to_buffer(ones, 0, &bufs.validity, 0, None);
+        }
+        encoder.clear_buffer(&bufs.y, 0, None);
+    }
+}
+
 /// Uploads, records and submits one call with its checked geometry and plan.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn submit(
@@ -345,46 +425,14 @@ pub(crate) fn submit(
     mask: Option<&Tensor>,
     queries: &[(usize, usize)],
 ) -> Result<Pending> {
-    g.check_queries(queries)?;
-    let index = IndexTable::new(&g, &plan, queries);
-    let key = WorkspaceKey { geometry: g.clone(), plan: plan.clone() };
-    if workspace.as_ref().map(|w| &w.key) != Some(&key) {
-        *workspace = None; // free the old buffers before allocating new ones
-        let buffers = Buffers::new(gpu, &g, &plan)?;
-        *workspace = Some(Workspace { key, buffers });
-    }
-    let bufs = &workspace.as_ref().expect("just set").buffers;
-
+    let (rec, bufs, call) = record_call(gpu, workspace, params, &g, &plan, mask.is_some(), queries)?;
     let queue = &gpu.queue;
     queue.write_buffer(&bufs.f, 0, bytemuck::cast_slice(f.data()));
     queue.write_buffer(&bufs.b, 0, bytemuck::cast_slice(b.data()));
-    match mask {
-        Some(m) => queue.write_buffer(&bufs.mask, 0, bytemuck::cast_slice(m.data())),
-        None => queue.write_buffer(&bufs.validity, 0, bytemuck::cast_slice(&vec![1.0f32; g.patches()])),
+    if let Some(m) = mask {
+        queue.write_buffer(&bufs.mask, 0, bytemuck::cast_slice(m.data()));
     }
-
-    // The index tables (their length depends on the inspected queries) and the attention rows
-    // belong to the call, like the readback.
-    let index_buf = storage(gpu, "index tables", index.data.len())?;
-    queue.write_buffer(&index_buf, 0, bytemuck::cast_slice(&index.data));
-    let rows_len = g.batch * queries.len() * g.patches();
-    let rows = storage(gpu, "attention rows", rows_len)?;
-    let mut recording = Recording {
-        rec: Recorder::new(&gpu.device),
-        g: &g,
-        params,
-        plan: &plan,
-        bufs,
-        index: &index,
-        index_buf: &index_buf,
-        attention_rows: &rows,
-        queries: queries.len(),
-        variants: gemm_variants(gpu, &g, &plan)?,
-    };
-    for n in 0..g.batch {
-        recording.item(n, mask.is_some())?;
-    }
-    let rec = recording.rec;
+    let rows_len = call.rows_len;
 
     // GPU time of the pass from timestamp queries, where the device has them.
     let timestamps = gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY).then(|| {
@@ -401,8 +449,8 @@ pub(crate) fn submit(
         });
         (set, resolve)
     });
-    let mut parts = rec
-        .encode(&gpu.device, kernels, timestamps.as_ref().map(|t| &t.0), |first| first.clear_buffer(&bufs.y, 0, None));
+    let mut parts =
+        rec.encode(&gpu.device, kernels, timestamps.as_ref().map(|t| &t.0), |first| call.prelude(first, bufs));
     let mut encoder = parts.pop().expect("at least one part");
     // The readback buffer belongs to the call, so a call still being read back is never
     // overwritten by the next one.
@@ -424,7 +472,7 @@ pub(crate) fn submit(
     encoder.copy_buffer_to_buffer(&bufs.argmax, 0, &staging, y_len, Some(nq_bytes));
     encoder.copy_buffer_to_buffer(&bufs.mass, 0, &staging, y_len + nq_bytes, Some(nq_bytes));
     if rows_bytes > 0 {
-        encoder.copy_buffer_to_buffer(&rows, 0, &staging, y_len + 2 * nq_bytes, Some(rows_bytes));
+        encoder.copy_buffer_to_buffer(&call.rows, 0, &staging, y_len + 2 * nq_bytes, Some(rows_bytes));
     }
     if let Some((set, resolve)) = &timestamps {
         encoder.resolve_query_set(set, 0..2, resolve, 0);
@@ -438,6 +486,50 @@ pub(crate) fn submit(
     submissions.push(queue.submit([encoder.finish()]));
     let timestamp_at = timestamps.is_some().then_some(ts_at as usize);
     Ok(Pending { geometry: g, queries: queries.to_vec(), staging, submissions, receiver, timestamp_at })
+}
+
+/// Records one call into the caller's `encoder`: the inputs copied from the caller's buffers,
+/// every dispatch as one compute pass, the outputs copied into the caller's buffers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_on_device(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    workspace: &mut Option<Workspace>,
+    params: &Params,
+    g: &Geometry,
+    plan: &Plan,
+    io: DeviceIo,
+    encoder: &mut wgpu::CommandEncoder,
+) -> Result<()> {
+    let (rec, bufs, call) = record_call(gpu, workspace, params, g, plan, io.mask.is_some(), &[])?;
+    io.copy_in(encoder, &bufs.f, &bufs.b, &bufs.mask);
+    call.prelude(encoder, bufs);
+    rec.encode_into(&gpu.device, kernels, encoder);
+    io.copy_out(encoder, g, &bufs.y, &bufs.argmax, &bufs.mass);
+    Ok(())
+}
+
+/// Records one call like [`record_on_device`] but in parts (one per query tile, like the host
+/// path) and submits them on the queue; returns the last part's submission.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn submit_on_device(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    workspace: &mut Option<Workspace>,
+    params: &Params,
+    g: &Geometry,
+    plan: &Plan,
+    io: DeviceIo,
+) -> Result<wgpu::SubmissionIndex> {
+    let (rec, bufs, call) = record_call(gpu, workspace, params, g, plan, io.mask.is_some(), &[])?;
+    let mut parts = rec.encode(&gpu.device, kernels, None, |first| {
+        io.copy_in(first, &bufs.f, &bufs.b, &bufs.mask);
+        call.prelude(first, bufs);
+    });
+    let last = parts.last_mut().expect("at least one part");
+    io.copy_out(last, g, &bufs.y, &bufs.argmax, &bufs.mass);
+    let submissions: Vec<wgpu::SubmissionIndex> = parts.into_iter().map(|e| gpu.queue.submit([e.finish()])).collect();
+    Ok(submissions.into_iter().last().expect("at least one part"))
 }
 
 impl Pending {

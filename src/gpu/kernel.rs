@@ -278,6 +278,42 @@ impl Recorder {
         if self.ops.is_empty() {
             return vec![first];
         }
+        let bind_groups = self.bind_groups(device, kernels);
+        // Part boundaries: 0, the splits strictly inside, the end.
+        let mut bounds = vec![0];
+        bounds.extend(self.breaks.iter().copied().filter(|&b| b > 0 && b < self.ops.len()));
+        bounds.push(self.ops.len());
+        let parts = bounds.len() - 1;
+        let mut encoders = Vec::with_capacity(parts);
+        let mut first = Some(first);
+        for (k, w) in bounds.windows(2).enumerate() {
+            let mut encoder = first.take().unwrap_or_else(new_encoder);
+            let timestamp_writes = timestamps.and_then(|query_set| {
+                let (begin, end) = ((k == 0).then_some(0), (k + 1 == parts).then_some(1));
+                (begin.is_some() || end.is_some()).then_some(wgpu::ComputePassTimestampWrites {
+                    query_set,
+                    beginning_of_pass_write_index: begin,
+                    end_of_pass_write_index: end,
+                })
+            });
+            self.pass(&mut encoder, kernels, &bind_groups, w[0]..w[1], timestamp_writes);
+            encoders.push(encoder);
+        }
+        encoders
+    }
+
+    /// Encodes every recorded dispatch into `encoder` as one compute pass, whatever the
+    /// splits: the caller's encoder is one submission.
+    pub(crate) fn encode_into(self, device: &wgpu::Device, kernels: &Kernels, encoder: &mut wgpu::CommandEncoder) {
+        if self.ops.is_empty() {
+            return;
+        }
+        let bind_groups = self.bind_groups(device, kernels);
+        self.pass(encoder, kernels, &bind_groups, 0..self.ops.len(), None);
+    }
+
+    /// One bind group per dispatch: its slice of the uniform buffer, then its storage buffers.
+    fn bind_groups(&self, device: &wgpu::Device, kernels: &Kernels) -> Vec<wgpu::BindGroup> {
         let uniforms = wgpu::util::DeviceExt::create_buffer_init(
             device,
             &wgpu::util::BufferInitDescriptor {
@@ -286,8 +322,7 @@ impl Recorder {
                 usage: wgpu::BufferUsages::UNIFORM,
             },
         );
-        let bind_groups: Vec<wgpu::BindGroup> = self
-            .ops
+        self.ops
             .iter()
             .map(|op| {
                 let params = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -306,39 +341,27 @@ impl Recorder {
                     entries: &entries,
                 })
             })
-            .collect();
-        // Part boundaries: 0, the splits strictly inside, the end.
-        let mut bounds = vec![0];
-        bounds.extend(self.breaks.iter().copied().filter(|&b| b > 0 && b < self.ops.len()));
-        bounds.push(self.ops.len());
-        let parts = bounds.len() - 1;
-        let mut encoders = Vec::with_capacity(parts);
-        let mut first = Some(first);
-        for (k, w) in bounds.windows(2).enumerate() {
-            let mut encoder = first.take().unwrap_or_else(new_encoder);
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("contextual attention"),
-                    timestamp_writes: timestamps.and_then(|query_set| {
-                        let (begin, end) = ((k == 0).then_some(0), (k + 1 == parts).then_some(1));
-                        (begin.is_some() || end.is_some()).then_some(wgpu::ComputePassTimestampWrites {
-                            query_set,
-                            beginning_of_pass_write_index: begin,
-                            end_of_pass_write_index: end,
-                        })
-                    }),
-                });
-                for (op, bg) in self.ops[w[0]..w[1]].iter().zip(&bind_groups[w[0]..w[1]]) {
-                    if op.groups.0 == 0 || op.groups.1 == 0 {
-                        continue;
-                    }
-                    pass.set_pipeline(kernels.pipeline(op.kernel));
-                    pass.set_bind_group(0, bg, &[]);
-                    pass.dispatch_workgroups(op.groups.0, op.groups.1, 1);
-                }
+            .collect()
+    }
+
+    /// The dispatches `ops` as one compute pass of `encoder`.
+    fn pass(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernels: &Kernels,
+        bind_groups: &[wgpu::BindGroup],
+        ops: std::ops::Range<usize>,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
+    ) {
+        let mut pass = encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("contextual attention"), timestamp_writes });
+        for (op, bg) in self.ops[ops.clone()].iter().zip(&bind_groups[ops]) {
+            if op.groups.0 == 0 || op.groups.1 == 0 {
+                continue;
             }
-            encoders.push(encoder);
+            pass.set_pipeline(kernels.pipeline(op.kernel));
+            pass.set_bind_group(0, bg, &[]);
+            pass.dispatch_workgroups(op.groups.0, op.groups.1, 1);
         }
-        encoders
     }
 }

@@ -1,9 +1,10 @@
 //! The GPU path: the device context, the kernel contract and recorder, one module per stage,
-//! and the forward pass that records the chain.
+//! the forward pass that records the chain, and device-resident calls on the caller's buffers.
 
 pub mod context;
 pub(crate) mod forward;
 pub mod kernel;
+pub mod resident;
 pub mod stages;
 
 pub use kernel::{Access, KernelInfo, COMMON_WGSL};
