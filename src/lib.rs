@@ -27,6 +27,8 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+#[cfg(feature = "burn")]
+pub mod burn;
 pub mod chain;
 pub mod cpu;
 pub mod error;
