@@ -32,7 +32,9 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> mass: array<f32>;
 
 const WG: u32 = 256u;
-const LOWEST: f32 = -3.4028235e38;
+// The lowest finite f32, written exactly: Tint (the browsers' WGSL compiler) rejects the
+// decimal -3.4028235e38, which lies just beyond it before rounding; naga rounds it.
+const LOWEST: f32 = -0x1.fffffep+127f;
 // Fields of a row's state, and the flags of its last field.
 const MAX: u32 = 0u;
 const SUM: u32 = 1u;

@@ -163,6 +163,25 @@ pub struct Filled {
     pub calls: usize,
     /// See `calls`.
     pub queries_computed: usize,
+    /// Where each pixel of the hole was copied from, as (rows, columns) from the pixel (`None`
+    /// outside the hole and where the last step averaged rather than copied), row-major `H·W`.
+    pub shifts: Vec<Option<(i32, i32)>>,
+}
+
+impl Filled {
+    /// The shifts drawn as a flow image (RGB8, `H·W·3`, the Middlebury colour code of
+    /// [`crate::flow`]: hue the direction, saturation the length over the longest): white where
+    /// nothing was copied.
+    pub fn flow_image(&self) -> Vec<u8> {
+        let [_, h, w, _] = self.result.shape();
+        let offsets: Vec<i32> = (0..h * w)
+            .flat_map(|p| {
+                let (dy, dx) = self.shifts[p].unwrap_or((0, 0));
+                [(p / w) as i32 + dy, (p % w) as i32 + dx]
+            })
+            .collect();
+        crate::flow::flow_colors(&offsets, 1, h, w, 1)
+    }
 }
 
 /// Fills the hole of `image` `[1, H, W, C]` marked by `hole` `[1, H, W, 1]` (> 0.5) on
@@ -179,7 +198,21 @@ pub struct Filled {
 /// let filled = fill(&Backend::Cpu, &image, &hole, &FillParams::default(), &mut |_, _| {}).unwrap();
 /// assert_eq!(filled.result.at(0, 0, 0, 0), image.at(0, 0, 0, 0));
 /// ```
+#[cfg(not(target_arch = "wasm32"))]
 pub fn fill(
+    backend: &Backend,
+    image: &Tensor,
+    hole: &Tensor,
+    params: &FillParams,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Filled> {
+    pollster::block_on(fill_async(backend, image, hole, params, progress))
+}
+
+/// [`fill`] as a future: each layer call on the GPU is awaited ([`ContextualAttention::run_async`]),
+/// so in the browser (feature `webgpu`), where this is the only way to fill, the page stays
+/// responsive and `progress` can update it between calls. Natively it is what [`fill`] blocks on.
+pub async fn fill_async(
     backend: &Backend,
     image: &Tensor,
     hole: &Tensor,
@@ -200,7 +233,15 @@ pub fn fill(
     let holes: Vec<bool> = hole.data().iter().map(|&v| v > 0.5).collect();
     let hole_pixels = holes.iter().filter(|&&x| x).count();
     if hole_pixels == 0 {
-        return Ok(Filled { result: image.clone(), coarse: image.clone(), levels: 0, calls: 0, queries_computed: 0 });
+        let shifts = vec![None; h * w];
+        return Ok(Filled {
+            result: image.clone(),
+            coarse: image.clone(),
+            levels: 0,
+            calls: 0,
+            queries_computed: 0,
+            shifts,
+        });
     }
     if hole_pixels == h * w {
         return Err(Error::shape("mask", "the hole covers the whole image: there is nothing to copy from".to_string()));
@@ -255,7 +296,7 @@ pub fn fill(
         let mut shifts = vec![None; level.h * level.w];
         let mut x = match &current {
             None => level.diffused(),
-            Some((prev, prev_shifts)) => level.upsampled_into(prev, prev_shifts, &pyramid[levels - k]),
+            Some((prev, prev_shifts)) => level.upsampled_into(prev, prev_shifts, &pyramid[levels - k], &mut shifts),
         };
         if k + 1 == levels {
             coarse = x.clone();
@@ -271,7 +312,8 @@ pub fn fill(
             let scale = params.scale.0 * (params.scale.1 / params.scale.0).powf(ramp);
             let layer = ContextualAttention::with_backend(backend.clone(), params.layer(scale, rate))?;
             for block in &blocks {
-                queries_computed += level.attend(&layer, params, rate, (&mut x, &mut shifts), &source_mask, *block)?;
+                queries_computed +=
+                    level.attend(&layer, params, rate, (&mut x, &mut shifts), &source_mask, *block).await?;
                 calls += 1;
                 done += 1;
                 progress(done, total);
@@ -279,14 +321,14 @@ pub fn fill(
         }
         current = Some((x, shifts));
     }
-    let (x, _) = current.expect("at least one level");
+    let (x, shifts) = current.expect("at least one level");
     let back = |v: &[f32]| -> Tensor {
         let data = v.iter().enumerate().map(|(i, &x)| x * 255.0 + mean[i % c]).collect();
         Tensor::new([1, h, w, c], data).expect("sizes agree")
     };
     let filled = back(&x);
     let result = composite(image, &filled, hole);
-    Ok(Filled { result, coarse: back(&coarse), levels, calls, queries_computed })
+    Ok(Filled { result, coarse: back(&coarse), levels, calls, queries_computed, shifts })
 }
 
 /// Where a hole pixel's value was copied from, as (rows, columns) from the pixel: the
@@ -413,8 +455,9 @@ impl Level {
     /// This level's known pixels, with the hole started from the next coarser level: where the
     /// coarse pixel was copied from a known place (`shifts`), the pixel at twice that
     /// displacement here if it is known (sharp, as PatchMatch carries its offsets up the
-    /// pyramid); else `coarse` (`[coarser.h, coarser.w, c]`) upsampled bilinearly.
-    fn upsampled_into(&self, coarse: &[f32], shifts: &[Shift], coarser: &Level) -> Vec<f32> {
+    /// pyramid), its displacement recorded in `copied`; else `coarse` (`[coarser.h,
+    /// coarser.w, c]`) upsampled bilinearly.
+    fn upsampled_into(&self, coarse: &[f32], shifts: &[Shift], coarser: &Level, copied: &mut [Shift]) -> Vec<f32> {
         let (c, cw, ch) = (self.c, coarser.w, coarser.h);
         let mut out = self.img.clone();
         for y in 0..self.h {
@@ -436,6 +479,7 @@ impl Level {
                         if !self.hole[src] {
                             let at = (y * self.w + x) * c;
                             out[at..at + c].copy_from_slice(&self.img[src * c..src * c + c]);
+                            copied[y * self.w + x] = Some((2 * dy, 2 * dx));
                             continue;
                         }
                     }
@@ -489,7 +533,7 @@ impl Level {
     /// [`Level::source_mask`]), the block's hole as region; the
     /// result is written into the block's hole pixels of `x`, and where each was copied from
     /// into `shifts`. Returns the queries computed.
-    fn attend(
+    async fn attend(
         &self,
         layer: &ContextualAttention,
         params: &FillParams,
@@ -514,7 +558,7 @@ impl Level {
             let mask = self.crop(source_mask, 1, b_win);
             let whole_level =
                 b_win.y1 - b_win.y0 == self.h / rate * rate && b_win.x1 - b_win.x0 == self.w / rate * rate;
-            let out = layer.run(&f, &b, Some(&mask), &RunOptions::new().region(&region))?;
+            let out = layer.run_async(&f, &b, Some(&mask), &RunOptions::new().region(&region)).await?;
             computed += out.queries_computed;
             // A query of the region with no usable patch in its context (mass 0) would paste
             // nothing: widen the context, up to the whole level.

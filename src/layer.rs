@@ -129,6 +129,14 @@ impl Backend {
     }
 }
 
+/// Where [`ContextualAttention::start`] leaves a call.
+enum Start {
+    /// Compute it on this geometry, restricted to these query rows where there is a region.
+    Compute(Geometry, Option<Vec<bool>>),
+    /// Nothing to compute (a region covering no pixel).
+    Done(Output),
+}
+
 /// The contextual attention layer, ready to run.
 ///
 /// Builds its pipelines once (on the GPU) and keeps its buffers between calls of the same
@@ -208,13 +216,11 @@ impl ContextualAttention {
     /// enough for the operating system to reset the GPU.
     pub fn run(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>, options: &RunOptions) -> Result<Output> {
         let mut progress = |done, total| options.report(done, total);
-        let shapes = (f.shape(), b.shape(), mask.map(|m| m.shape()));
-        let g = Geometry::new(&self.params, shapes.0, shapes.1, shapes.2)?;
-        let needed = options.region.map(|r| g.region_rows(r)).transpose()?;
-        if needed.as_ref().is_some_and(|n| !n.contains(&true)) {
-            return Ok(Self::empty_region(&g));
-        }
-        let mut out = match &self.backend {
+        let (g, needed) = match self.start(f, b, mask, options)? {
+            Start::Compute(g, needed) => (g, needed),
+            Start::Done(out) => return Ok(out),
+        };
+        let out = match &self.backend {
             Backend::Cpu => {
                 // Query and key tiles of its own (SPEC §T2), under the budget or cpu::default_budget.
                 let mut tiling = match (options.tile_rows, options.key_rows) {
@@ -231,15 +237,40 @@ impl ContextualAttention {
                 let plan = self.prepare(&g, needed.as_deref(), options)?;
                 reference::forward(&self.params, &g, &plan, f, b, mask, options.queries, &mut progress)?
             }
+            #[cfg(not(target_arch = "wasm32"))]
             Backend::Gpu(gpu) => {
                 let plan = self.prepare(&g, needed.as_deref(), options)?;
                 self.submit(gpu, g.clone(), plan, f, b, mask, options.queries)?.wait(gpu, &mut progress)?
             }
+            #[cfg(target_arch = "wasm32")]
+            Backend::Gpu(_) => {
+                return Err(Error::Unsupported(
+                    "in the browser nothing may block, so the GPU backend has no blocking calls: use \
+                     run_async or forward_async"
+                        .into(),
+                ))
+            }
         };
-        if let (Some(region), Some(needed)) = (options.region, &needed) {
-            out.keep_region(&g, region, needed);
+        Ok(Self::finish(out, &g, options, needed.as_deref()))
+    }
+
+    /// What every call does first: the geometry (shapes and parameters checked) and, with a
+    /// region, the query rows it needs; a call whose region covers no pixel is done here.
+    fn start(&self, f: &Tensor, b: &Tensor, mask: Option<&Tensor>, options: &RunOptions) -> Result<Start> {
+        let g = Geometry::new(&self.params, f.shape(), b.shape(), mask.map(|m| m.shape()))?;
+        let needed = options.region.map(|r| g.region_rows(r)).transpose()?;
+        if needed.as_ref().is_some_and(|n| !n.contains(&true)) {
+            return Ok(Start::Done(Self::empty_region(&g)));
         }
-        Ok(out)
+        Ok(Start::Compute(g, needed))
+    }
+
+    /// What every call does last: outside a region, y is the input's (SPEC §R).
+    fn finish(mut out: Output, g: &Geometry, options: &RunOptions, needed: Option<&[bool]>) -> Output {
+        if let (Some(region), Some(needed)) = (options.region, needed) {
+            out.keep_region(g, region, needed);
+        }
+        out
     }
 
     /// The output of a call whose region covers no pixel: nothing computed, everything 0.
@@ -250,9 +281,11 @@ impl ContextualAttention {
         out
     }
 
-    /// [`run`](Self::run) as a future that resolves when the readback is mapped. A helper thread
-    /// waits on the device, so the caller's executor is not blocked; progress is told once, when
-    /// the results are in. On the CPU backend the work runs before the future is returned.
+    /// [`run`](Self::run) as a future that resolves when the readback is mapped, with the same
+    /// options (progress told as each query tile finishes). The one way to run on the GPU in
+    /// the browser (feature `webgpu`), where the page's event loop drives it; natively a helper
+    /// thread waits on the device, so the caller's executor is not blocked. On the CPU backends
+    /// the work runs before the future is returned.
     pub async fn run_async(
         &self,
         f: &Tensor,
@@ -260,18 +293,17 @@ impl ContextualAttention {
         mask: Option<&Tensor>,
         options: &RunOptions<'_>,
     ) -> Result<Output> {
-        match &self.backend {
-            Backend::Gpu(gpu) if options.region.is_none() => {
-                let g = Geometry::new(&self.params, f.shape(), b.shape(), mask.map(|m| m.shape()))?;
-                let plan = self.prepare(&g, None, options)?;
-                let tiles = g.batch * plan.tiles.len();
-                let out = self.submit(gpu, g, plan, f, b, mask, options.queries)?.wait_async(gpu).await?;
-                options.report(tiles, tiles);
-                Ok(out)
-            }
-            // With a region the call is short; it blocks like run.
-            Backend::Cpu | Backend::Reference | Backend::Gpu(_) => self.run(f, b, mask, options),
-        }
+        let Backend::Gpu(gpu) = &self.backend else {
+            return self.run(f, b, mask, options);
+        };
+        let (g, needed) = match self.start(f, b, mask, options)? {
+            Start::Compute(g, needed) => (g, needed),
+            Start::Done(out) => return Ok(out),
+        };
+        let plan = self.prepare(&g, needed.as_deref(), options)?;
+        let pending = self.submit(gpu, g.clone(), plan, f, b, mask, options.queries)?;
+        let out = pending.wait_async(gpu, &mut |done, total| options.report(done, total)).await?;
+        Ok(Self::finish(out, &g, options, needed.as_deref()))
     }
 
     /// [`run`](Self::run) with default options.

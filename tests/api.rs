@@ -33,6 +33,31 @@ fn forward_async_matches_forward() {
     );
 }
 
+/// `run_async` with a region and one query row per tile: `run`'s output, and progress told per
+/// tile as the tiles finish (as `run` tells it), not once at the end.
+#[test]
+fn run_async_with_region_and_tiles_matches_run() {
+    let gpu = gpu_or_skip!();
+    let mut rng = Rng::new("run_async_with_region_and_tiles_matches_run");
+    let p = Params { rate: 2, ..Default::default() };
+    let layer = ContextualAttention::new(gpu, p.clone()).unwrap();
+    let f = rng.tensor([1, 16, 20, 4], -1.0, 1.0);
+    let hole = common::square_hole(16, 20, 3, 5, 7);
+    let (sync_told, async_told) = (std::cell::RefCell::new(Vec::new()), std::cell::RefCell::new(Vec::new()));
+    let report_sync = |done: usize, total: usize| sync_told.borrow_mut().push((done, total));
+    let report_async = |done: usize, total: usize| async_told.borrow_mut().push((done, total));
+    let options = RunOptions::new().region(&hole).tile_rows(1);
+    let sync = layer.run(&f, &f, Some(&hole), &options.progress(&report_sync)).unwrap();
+    let asynchronous =
+        pollster::block_on(layer.run_async(&f, &f, Some(&hole), &options.progress(&report_async))).unwrap();
+    assert_eq!(sync, asynchronous, "run_async differs from run");
+    assert!(sync.queries_computed < 8 * 10, "the region did not restrict the work: {}", sync.queries_computed);
+    let tiles = sync_told.borrow().len();
+    assert!(tiles > 1, "one query row per tile should make several tiles, got {tiles}");
+    assert_eq!(*async_told.borrow(), (1..=tiles).map(|k| (k, tiles)).collect::<Vec<_>>());
+    assert_eq!(*async_told.borrow(), *sync_told.borrow());
+}
+
 #[test]
 fn layer_reuse_across_shapes() {
     let gpu = gpu_or_skip!();

@@ -29,7 +29,11 @@ impl std::fmt::Debug for Gpu {
 }
 
 /// The backends tried when `WGPU_BACKEND` is not set: the native ones this crate targets.
+#[cfg(not(target_arch = "wasm32"))]
 const NATIVE: wgpu::Backends = wgpu::Backends::VULKAN.union(wgpu::Backends::METAL).union(wgpu::Backends::DX12);
+/// In the browser there is one: its WebGPU.
+#[cfg(target_arch = "wasm32")]
+const NATIVE: wgpu::Backends = wgpu::Backends::BROWSER_WEBGPU;
 
 fn instance() -> wgpu::Instance {
     wgpu::Instance::new(wgpu::InstanceDescriptor {
@@ -39,13 +43,36 @@ fn instance() -> wgpu::Instance {
     })
 }
 
-/// Every adapter wgpu sees with the current environment (`WGPU_BACKEND` honoured).
+/// Every adapter wgpu sees with the current environment (`WGPU_BACKEND` honoured). Not in the
+/// browser, which offers one adapter, through [`Gpu::new_async`].
+#[cfg(not(target_arch = "wasm32"))]
 pub fn list_adapters() -> Vec<wgpu::AdapterInfo> {
     let instance = instance();
     pollster::block_on(instance.enumerate_adapters(wgpu::Backends::from_env().unwrap_or(NATIVE)))
         .into_iter()
         .map(|a| a.get_info())
         .collect()
+}
+
+/// The browser's own words for its adapter (`GPUAdapterInfo`'s vendor, architecture, device and
+/// description), which wgpu leaves out of its `AdapterInfo` but for the description, often
+/// empty (Chromium's SwiftShader says only "google", "swiftshader").
+#[cfg(target_arch = "wasm32")]
+async fn browser_adapter_name() -> Option<String> {
+    use js_sys::{Function, Promise, Reflect};
+    use wasm_bindgen::JsCast;
+    let get = |on: &wasm_bindgen::JsValue, key: &str| Reflect::get(on, &key.into()).ok().filter(|v| !v.is_undefined());
+    let gpu = get(&get(&js_sys::global(), "navigator")?, "gpu")?;
+    let request: Function = get(&gpu, "requestAdapter")?.dyn_into().ok()?;
+    let promise: Promise = request.call0(&gpu).ok()?.dyn_into().ok()?;
+    let adapter = wasm_bindgen_futures::JsFuture::from(promise).await.ok().filter(|a| !a.is_null())?;
+    let info = get(&adapter, "info")?;
+    let words: Vec<String> = ["vendor", "architecture", "device", "description"]
+        .iter()
+        .filter_map(|key| get(&info, key)?.as_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
 }
 
 /// One line naming an adapter: name, backend, device type and driver.
@@ -71,13 +98,25 @@ impl Gpu {
     /// Honours `WGPU_BACKEND` (e.g. `vulkan`, `metal`, `dx12`), `WGPU_ADAPTER_NAME` (a
     /// substring of the adapter's name) and `WGPU_POWER_PREF`; otherwise asks for the
     /// high-performance adapter among Vulkan, Metal and DX12. Requests the adapter's own limits,
-    /// so large buffers work where the hardware allows them.
+    /// so large buffers work where the hardware allows them. Not in the browser, where nothing
+    /// may block: use [`Gpu::new_async`] there.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Gpu> {
         pollster::block_on(Self::new_async())
     }
 
-    /// [`Gpu::new`] as a future.
+    /// [`Gpu::new`] as a future; the only way to create a context in the browser (feature
+    /// `webgpu`), where it asks for the browser's WebGPU adapter.
     pub async fn new_async() -> Result<Gpu> {
+        #[cfg(target_arch = "wasm32")]
+        if !wgpu::util::is_browser_webgpu_supported().await {
+            return Err(Error::NoAdapter(
+                "this browser has no WebGPU (navigator.gpu is missing or offers no adapter): use a \
+                 browser with WebGPU on (Chrome or Edge 113+, Safari 26+, Firefox 141+ on Windows), \
+                 or Chromium with --enable-unsafe-webgpu"
+                    .into(),
+            ));
+        }
         let instance = instance();
         let adapter = if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
             // wgpu's own helper panics when nothing matches; a message is more useful.
@@ -123,14 +162,13 @@ impl Gpu {
         device.set_device_lost_callback(move |reason, msg| {
             sink.lock().unwrap_or_else(|p| p.into_inner()).push(format!("device lost ({reason:?}): {msg}"));
         });
-        Ok(Gpu {
-            device,
-            queue,
-            info: adapter.get_info(),
-            errors,
-            kernels: Arc::default(),
-            gemm_choices: Arc::default(),
-        })
+        #[allow(unused_mut)]
+        let mut info = adapter.get_info();
+        #[cfg(target_arch = "wasm32")]
+        if info.name.is_empty() {
+            info.name = browser_adapter_name().await.unwrap_or_else(|| "the browser's WebGPU adapter".into());
+        }
+        Ok(Gpu { device, queue, info, errors, kernels: Arc::default(), gemm_choices: Arc::default() })
     }
 
     /// Wraps a device and queue the caller already has, so that the layer shares it with a
@@ -184,6 +222,7 @@ impl Gpu {
     /// Runs `work` (device calls on this thread) inside error scopes, and turns any
     /// validation, out-of-memory or internal error it caused, or one recorded earlier, into an
     /// [`Error::Gpu`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn checked<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
         let scopes = [wgpu::ErrorFilter::Validation, wgpu::ErrorFilter::OutOfMemory, wgpu::ErrorFilter::Internal]
             .map(|filter| self.device.push_error_scope(filter));
@@ -202,6 +241,31 @@ impl Gpu {
         result
     }
 
+    /// In the browser a scope's error arrives only after control returns to the page, so
+    /// `checked` cannot wait for it: the scopes are popped in the background into the error
+    /// sink, and the error is reported by the next call that reads results back (every
+    /// readback calls [`take_errors`](Self::take_errors) after it resolves, which is after the
+    /// scopes were answered: the browser answers in submission order).
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn checked<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.take_errors()?;
+        let scopes = [wgpu::ErrorFilter::Validation, wgpu::ErrorFilter::OutOfMemory, wgpu::ErrorFilter::Internal]
+            .map(|filter| self.device.push_error_scope(filter));
+        let result = work();
+        // Popped now, innermost first (the browser's scopes are a stack, and a nested call
+        // pushes its own); only the answers are awaited later.
+        let answers: Vec<_> = scopes.into_iter().rev().map(|scope| scope.pop()).collect();
+        let sink = self.errors.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            for answer in answers {
+                if let Some(e) = answer.await {
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+                }
+            }
+        });
+        result
+    }
+
     /// Turns GPU errors reported since the last call into an [`Error::Gpu`].
     pub(crate) fn take_errors(&self) -> Result<()> {
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
@@ -214,7 +278,9 @@ impl Gpu {
         }
     }
 
-    /// Blocks until `submission` has finished and its callbacks have run.
+    /// Blocks until `submission` has finished and its callbacks have run. In the browser `poll`
+    /// does nothing (callbacks run when control returns to the page): callers there must not
+    /// rely on it.
     pub(crate) fn wait(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
         self.device
             .poll(wgpu::PollType::Wait { submission_index: Some(submission), timeout: None })

@@ -327,8 +327,12 @@ pub(crate) struct Pending {
     geometry: Geometry,
     queries: Vec<(usize, usize)>,
     staging: wgpu::Buffer,
-    /// One submission per part of the call (tiles), the last one with the readback.
+    /// One submission per part of the call (tiles), the last one with the readback. (Waited
+    /// on natively; the browser has nothing to wait with.)
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     submissions: Vec<wgpu::SubmissionIndex>,
+    /// Resolved as each tile's submission finishes, for progress without blocking.
+    tiles_done: Vec<futures_intrusive::channel::shared::OneshotReceiver<()>>,
     receiver: futures_intrusive::channel::shared::OneshotReceiver<std::result::Result<(), wgpu::BufferAsyncError>>,
 }
 
@@ -482,10 +486,19 @@ pub(crate) fn submit(
     encoder.map_buffer_on_submit(&staging, wgpu::MapMode::Read, .., move |r| {
         sender.send(r).ok();
     });
-    let mut submissions: Vec<wgpu::SubmissionIndex> = parts.into_iter().map(|e| queue.submit([e.finish()])).collect();
+    let mut submissions = Vec::with_capacity(parts.len() + 1);
+    let mut tiles_done = Vec::with_capacity(parts.len());
+    for part in parts {
+        submissions.push(queue.submit([part.finish()]));
+        let (done, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+        queue.on_submitted_work_done(move || {
+            done.send(()).ok();
+        });
+        tiles_done.push(receiver);
+    }
     submissions.push(queue.submit([encoder.finish()]));
     let timestamp_at = timestamps.is_some().then_some(ts_at as usize);
-    Ok(Pending { geometry: g, queries: queries.to_vec(), staging, submissions, receiver, timestamp_at })
+    Ok(Pending { geometry: g, queries: queries.to_vec(), staging, submissions, tiles_done, receiver, timestamp_at })
 }
 
 /// Records one call into the caller's `encoder`: the inputs copied from the caller's buffers,
@@ -537,6 +550,7 @@ impl Pending {
     /// as each query tile's submission finishes. Every tile ends a submission, and one more
     /// carries the tail (the last normalisation and the readback copies), which is not a tile
     /// and so is not counted: both backends count the same steps.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn wait(self, gpu: &Gpu, progress: &mut dyn FnMut(usize, usize)) -> Result<Output> {
         let tiles = self.submissions.len() - 1;
         for (k, s) in self.submissions.iter().enumerate() {
@@ -549,13 +563,24 @@ impl Pending {
         self.read(gpu, mapped)
     }
 
-    /// Awaits the mapping while a helper thread waits on the device.
-    pub(crate) async fn wait_async(self, gpu: &Gpu) -> Result<Output> {
-        let device = gpu.device.clone();
-        let submission = self.submissions.last().expect("at least one submission").clone();
-        std::thread::spawn(move || {
-            let _ = device.poll(wgpu::PollType::Wait { submission_index: Some(submission), timeout: None });
-        });
+    /// Awaits the mapping, telling `progress` as each tile finishes like [`wait`](Self::wait).
+    /// Natively a helper thread waits on the device (whose callbacks resolve the futures); in
+    /// the browser the page's event loop does.
+    pub(crate) async fn wait_async(mut self, gpu: &Gpu, progress: &mut dyn FnMut(usize, usize)) -> Result<Output> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let device = gpu.device.clone();
+            let submission = self.submissions.last().expect("at least one submission").clone();
+            std::thread::spawn(move || {
+                let _ = device.poll(wgpu::PollType::Wait { submission_index: Some(submission), timeout: None });
+            });
+        }
+        let tiles_done = std::mem::take(&mut self.tiles_done);
+        let tiles = tiles_done.len();
+        for (k, done) in tiles_done.into_iter().enumerate() {
+            done.receive().await;
+            progress(k + 1, tiles);
+        }
         let mapped = self.receiver.receive().await;
         self.read(gpu, mapped)
     }

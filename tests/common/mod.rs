@@ -4,16 +4,18 @@
 #![allow(dead_code)]
 
 pub mod compare;
+pub mod golden;
 pub mod spec;
 
-use std::sync::OnceLock;
+use contextual_attention::{reference, Geometry, Params, Tensor};
 
-use contextual_attention::{reference, Geometry, Gpu, Params, Tensor};
-
-/// The GPU context shared by the tests of one binary. Fails (never silently passes) when no
+/// The GPU context shared by the tests of one binary (natively; the browser's tests await
+/// theirs). Fails (never silently passes) when no
 /// adapter exists, unless `CA_SKIP_GPU_TESTS=1`, in which case it says so and returns `None`.
-pub fn gpu() -> Option<&'static Gpu> {
-    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
+#[cfg(not(target_arch = "wasm32"))]
+pub fn gpu() -> Option<&'static contextual_attention::Gpu> {
+    use contextual_attention::Gpu;
+    static GPU: std::sync::OnceLock<Option<Gpu>> = std::sync::OnceLock::new();
     GPU.get_or_init(|| {
         if std::env::var("CA_SKIP_GPU_TESTS").as_deref() == Ok("1") {
             eprintln!("CA_SKIP_GPU_TESTS=1: GPU tests are SKIPPED");
@@ -86,6 +88,15 @@ impl Rng {
         let (y1, x1) = (y0 + 1 + self.below(h - y0), x0 + 1 + self.below(w - x0));
         Tensor::from_fn([batch, h, w, 1], |_, y, x, _| ((y0..y1).contains(&y) && (x0..x1).contains(&x)) as u8 as f32)
     }
+}
+
+/// Prints a line of a test's report: on stderr natively, on the browser's console (which the
+/// wasm-bindgen runner shows with `--nocapture`) in the browser.
+pub fn log(line: &str) {
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("{line}");
+    #[cfg(target_arch = "wasm32")]
+    web_sys::console::log_1(&line.into());
 }
 
 /// The goldens' input: value(n,y,x,c) = ((7y + 3x + 5c + 11n) mod 13 − 6) · 0.125 (SPEC §9).

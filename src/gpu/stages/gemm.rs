@@ -232,7 +232,11 @@ pub fn choose(gpu: &Gpu, kind: Kind, m: usize, n: usize, k: usize) -> Result<usi
             Choice { variant, reason: "forced by CA_GEMM_VARIANT".into(), times_ms: Vec::new() }
         }
         Err(_) => {
-            if !gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            if cfg!(target_arch = "wasm32") {
+                // Timing reads back inside this synchronous call, which the browser cannot do.
+                let reason = "default (in the browser: not timed)".into();
+                Choice { variant: DEFAULT, reason, times_ms: Vec::new() }
+            } else if !gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
                 let reason = "default (no timestamp queries: not timed)".into();
                 Choice { variant: DEFAULT, reason, times_ms: Vec::new() }
             } else {

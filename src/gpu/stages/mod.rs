@@ -102,6 +102,13 @@ impl<'g> Single<'g> {
 
     /// Submits the recorded dispatches and reads back `outputs` (lengths in elements).
     pub(crate) fn finish(self, outputs: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<u32>>> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(Error::Unsupported(
+                "a stage run alone blocks on its readback, which the browser forbids; the layer's \
+                 run_async runs every stage there"
+                    .into(),
+            ));
+        }
         let gpu = self.gpu;
         let device = &gpu.device;
         let kernels = gpu.kernels()?;
