@@ -83,11 +83,15 @@ pub enum Error {
         limit: u32,
     },
 
-    /// No GPU adapter could be found.
-    #[error(
-        "no GPU adapter found ({0}); install a GPU driver, or a software Vulkan \
-         (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`), or use the CPU backend (`--backend cpu`)"
+    /// No GPU adapter could be found (in the browser: no WebGPU, and the reason says how to get it).
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        error(
+            "no GPU adapter found ({0}); install a GPU driver, or a software Vulkan \
+             (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`), or use the CPU backend (`--backend cpu`)"
+        )
     )]
+    #[cfg_attr(target_arch = "wasm32", error("no WebGPU adapter: {0}"))]
     NoAdapter(String),
 
     /// The adapter refused to create a device.

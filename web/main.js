@@ -145,7 +145,8 @@ async function main() {
     }
   } catch (err) {
     // No WebGPU: say why and how to get it; fill still works on the CPU, slowly.
-    $('adapter').textContent = `No WebGPU: ${err.message ?? err}`;
+    const reason = String(err.message ?? err);
+    $('adapter').textContent = reason.charAt(0).toUpperCase() + reason.slice(1);
     $('adapter').className = 'error';
     const cpu = use_cpu();
     say(`Fills will run on the CPU (${cpu}); the page freezes while it works.`, true);

@@ -4,6 +4,7 @@ Serves web/dist (built by `scripts/web.sh build`) on a free localhost port, wait
 find its WebGPU adapter, loads the bundled example and its mask, presses Fill, and then checks,
 from the canvases' own pixels, that every pixel outside the hole is the input's and that the hole
 changed; the flow image must be coloured inside the hole. `--screenshot PATH` saves the page.
+Then the same in a Chromium started without WebGPU: the page must say so and fill on the CPU.
 
     python web/test_page.py [--screenshot docs/web_demo.png]
 
@@ -53,14 +54,14 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def browser():
+def browser(webgpu):
     options = webdriver.ChromeOptions()
     options.binary_location = os.environ.get("CHROMIUM", "/usr/lib/chromium/chromium")
-    for arg in [
+    # Without these two flags Chromium on Linux offers navigator.gpu but no adapter.
+    flags = ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"] if webgpu else []
+    for arg in flags + [
         "--headless=new",
         "--no-sandbox",
-        "--enable-unsafe-webgpu",
-        "--use-webgpu-adapter=swiftshader",
         "--window-size=1300,760",
         "--disable-background-networking",
         "--disable-component-update",
@@ -79,19 +80,28 @@ def canvas(driver, name):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--screenshot", help="save a screenshot of the page after the fill here")
+    ap.add_argument("--screenshot", help="save a screenshot of the page after the WebGPU fill here")
     ap.add_argument("--timeout", type=float, default=600, help="seconds the fill may take")
     ap.add_argument("--size", type=int, default=128, help="the largest side the page draws the example at")
-    ap.add_argument("--backend", choices=["gpu", "cpu"], default="gpu", help="cpu: the page's CPU fallback")
     args = ap.parse_args()
     if not (DIST / "pkg").is_dir():
         sys.exit(f"error: {DIST} has no pkg/: build the page first (bash scripts/web.sh build)")
-
     server = serve(DIST)
-    url = f"http://127.0.0.1:{server.server_address[1]}/index.html?size={args.size}"
-    if args.backend == "cpu":
-        url += "&backend=cpu"
-    driver = browser()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/index.html?size={args.size}"
+        print("== with WebGPU")
+        fill_example(url, webgpu=True, timeout=args.timeout, screenshot=args.screenshot)
+        print("== without WebGPU")
+        fill_example(url, webgpu=False, timeout=args.timeout, screenshot=None)
+    finally:
+        server.shutdown()
+    print("page test passed")
+
+
+def fill_example(url, webgpu, timeout, screenshot):
+    """Opens the page, fills the example and checks the canvases; with `webgpu` false, checks that
+    the page says it has no WebGPU and fills on the CPU."""
+    driver = browser(webgpu)
     try:
         driver.get(url)
         state = lambda d: d.execute_script("return document.body.dataset.state")
@@ -99,8 +109,12 @@ def main():
         adapter = driver.find_element(By.ID, "adapter").text
         print(f"page: {adapter}")
         assert state(driver) == "ready", f"the page did not start: {driver.find_element(By.ID, 'message').text}"
-        if args.backend == "gpu":
+        if webgpu:
             assert adapter.startswith("WebGPU adapter:"), f"the page found no WebGPU adapter: {adapter}"
+        else:
+            assert adapter.startswith("No WebGPU") and "--enable-unsafe-webgpu" in adapter, adapter
+            message = driver.find_element(By.ID, "message").text
+            assert "on the CPU" in message, f"the page does not say where fills will run: {message}"
 
         driver.find_element(By.ID, "example").click()
         fill = driver.find_element(By.ID, "fill")
@@ -113,7 +127,7 @@ def main():
 
         started = time.monotonic()
         fill.click()
-        WebDriverWait(driver, args.timeout, poll_frequency=0.5).until(lambda d: state(d) in ("done", "error"))
+        WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: state(d) in ("done", "error"))
         seconds = time.monotonic() - started
         message = driver.find_element(By.ID, "message").text
         print(f"page: {message} (WebDriver saw {seconds:.1f} s)")
@@ -121,9 +135,10 @@ def main():
 
         _, _, after = canvas(driver, "result")
         _, _, flow = canvas(driver, "flow")
-        outside_changed = [p for p in range(w * h) if not hole[p] and after[4 * p : 4 * p + 3] != before[4 * p : 4 * p + 3]]
-        inside_changed = sum(1 for p in range(w * h) if hole[p] and after[4 * p : 4 * p + 3] != before[4 * p : 4 * p + 3])
-        flow_coloured = sum(1 for p in range(w * h) if hole[p] and flow[4 * p : 4 * p + 3] != b"\xff\xff\xff")
+        pixel = lambda data, p: data[4 * p : 4 * p + 3]
+        outside_changed = [p for p in range(w * h) if not hole[p] and pixel(after, p) != pixel(before, p)]
+        inside_changed = sum(1 for p in range(w * h) if hole[p] and pixel(after, p) != pixel(before, p))
+        flow_coloured = sum(1 for p in range(w * h) if hole[p] and pixel(flow, p) != b"\xff\xff\xff")
         print(
             f"{w}×{h} image, {n_hole} hole pixels: {inside_changed} changed inside the hole, "
             f"{len(outside_changed)} outside; flow coloured at {flow_coloured} hole pixels"
@@ -131,13 +146,11 @@ def main():
         assert not outside_changed, f"{len(outside_changed)} pixels outside the hole changed, first at {outside_changed[:5]}"
         assert inside_changed > n_hole // 2, f"only {inside_changed} of {n_hole} hole pixels changed"
         assert flow_coloured > n_hole // 2, f"the flow image is white at most hole pixels ({flow_coloured} coloured)"
-        if args.screenshot:
-            driver.save_screenshot(args.screenshot)
-            print(f"wrote {args.screenshot}")
-        print("page test passed")
+        if screenshot:
+            driver.save_screenshot(screenshot)
+            print(f"wrote {screenshot}")
     finally:
         driver.quit()
-        server.shutdown()
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ use softmax::Row;
 
 /// One line naming the backend: threads and the widest SIMD the GEMMs dispatch to.
 pub fn describe() -> String {
-    format!("CPU (f32, {} threads, {})", rayon::current_num_threads(), simd().0)
+    let threads = rayon::current_num_threads();
+    format!("CPU (f32, {threads} thread{}, {})", if threads == 1 { "" } else { "s" }, simd().0)
 }
 
 /// The widest vector instructions this CPU offers the GEMM kernels, and their f32 lanes.

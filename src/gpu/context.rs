@@ -111,9 +111,9 @@ impl Gpu {
         #[cfg(target_arch = "wasm32")]
         if !wgpu::util::is_browser_webgpu_supported().await {
             return Err(Error::NoAdapter(
-                "this browser has no WebGPU (navigator.gpu is missing or offers no adapter): use a \
+                "this browser has no WebGPU (navigator.gpu is missing or offers no adapter); use a \
                  browser with WebGPU on (Chrome or Edge 113+, Safari 26+, Firefox 141+ on Windows), \
-                 or Chromium with --enable-unsafe-webgpu"
+                 or start Chromium with --enable-unsafe-webgpu"
                     .into(),
             ));
         }
