@@ -162,12 +162,15 @@ impl Gpu {
         device.set_device_lost_callback(move |reason, msg| {
             sink.lock().unwrap_or_else(|p| p.into_inner()).push(format!("device lost ({reason:?}): {msg}"));
         });
-        #[allow(unused_mut)]
-        let mut info = adapter.get_info();
+        let info = adapter.get_info();
         #[cfg(target_arch = "wasm32")]
-        if info.name.is_empty() {
-            info.name = browser_adapter_name().await.unwrap_or_else(|| "the browser's WebGPU adapter".into());
-        }
+        let info = match info.name.is_empty() {
+            true => {
+                let name = browser_adapter_name().await.unwrap_or_else(|| "the browser's WebGPU adapter".into());
+                wgpu::AdapterInfo { name, ..info }
+            }
+            false => info,
+        };
         Ok(Gpu { device, queue, info, errors, kernels: Arc::default(), gemm_choices: Arc::default() })
     }
 
