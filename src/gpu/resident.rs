@@ -139,6 +139,11 @@ fn check_range(
     Ok(())
 }
 
+/// Bytes of an output with one 4-byte value per query (argmax, mass).
+fn per_query_bytes(g: &Geometry) -> u64 {
+    (g.batch * g.queries()) as u64 * 4
+}
+
 impl DeviceIo<'_> {
     /// Checks every range against the buffers and the geometry (shapes are checked by
     /// [`Geometry::new`] before).
@@ -152,7 +157,7 @@ impl DeviceIo<'_> {
         }
         let out = self.out;
         check_range("y", out.y.buffer, out.y.offset, self.f.bytes(), dst)?;
-        let per_query = (g.batch * g.queries()) as u64 * 4;
+        let per_query = per_query_bytes(g);
         if let Some(t) = out.argmax {
             check_range("argmax", t.buffer, t.offset, per_query, dst)?;
         }
@@ -191,7 +196,7 @@ impl DeviceIo<'_> {
     ) {
         let out = self.out;
         encoder.copy_buffer_to_buffer(y, 0, out.y.buffer, out.y.offset, Some(self.f.bytes()));
-        let per_query = (g.batch * g.queries()) as u64 * 4;
+        let per_query = per_query_bytes(g);
         for (from, to) in [(argmax, out.argmax), (mass, out.mass)] {
             if let Some(t) = to {
                 encoder.copy_buffer_to_buffer(from, 0, t.buffer, t.offset, Some(per_query));
