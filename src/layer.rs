@@ -399,10 +399,9 @@ impl ContextualAttention {
         options: &RunOptions,
     ) -> Result<()> {
         let io = DeviceIo { f, b, mask, out: outputs };
-        let (gpu, g, plan) = self.prepare_device_call(io, options)?;
-        let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
-        let kernels = self.kernels();
-        gpu.checked(|| forward::record_on_device(gpu, kernels, &mut ws, &self.params, &g, &plan, io, encoder))
+        self.device_call(io, options, |gpu, kernels, ws, g, plan| {
+            forward::record_on_device(gpu, kernels, ws, &self.params, g, plan, io, encoder)
+        })
     }
 
     /// [`record_on_device`](Self::record_on_device), submitted on the layer's queue in parts
@@ -419,10 +418,22 @@ impl ContextualAttention {
         options: &RunOptions,
     ) -> Result<wgpu::SubmissionIndex> {
         let io = DeviceIo { f, b, mask, out: outputs };
+        self.device_call(io, options, |gpu, kernels, ws, g, plan| {
+            forward::submit_on_device(gpu, kernels, ws, &self.params, g, plan, io)
+        })
+    }
+
+    /// A device-resident call: checked ([`prepare_device_call`](Self::prepare_device_call)),
+    /// then `call` on the layer's workspace inside the GPU's error scopes.
+    fn device_call<T>(
+        &self,
+        io: DeviceIo,
+        options: &RunOptions,
+        call: impl FnOnce(&Gpu, &Kernels, &mut Option<Workspace>, &Geometry, &Plan) -> Result<T>,
+    ) -> Result<T> {
         let (gpu, g, plan) = self.prepare_device_call(io, options)?;
         let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
-        let kernels = self.kernels();
-        gpu.checked(|| forward::submit_on_device(gpu, kernels, &mut ws, &self.params, &g, &plan, io))
+        gpu.checked(|| call(gpu, self.kernels(), &mut ws, &g, &plan))
     }
 
     /// The checks of a device-resident call: GPU backend, supported options, shapes, buffers.
