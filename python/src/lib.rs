@@ -95,12 +95,18 @@ impl Layer {
             fuse_mode: choice("fuse_mode", fuse_mode, &[("wrap", FuseMode::Wrap), ("spatial", FuseMode::Spatial)])?,
             memory_budget,
         };
-        let backend = match choice("backend", backend, &[("gpu", 0), ("cpu", 1), ("reference", 2)])? {
-            0 => Backend::Gpu(shared_gpu().map_err(to_py)?),
-            1 => Backend::Cpu,
-            _ => Backend::Reference,
-        };
-        Ok(Layer { layer: ContextualAttention::with_backend(backend, params).map_err(to_py)? })
+        // The GPU is only asked for when chosen, so the choice holds how to make the backend.
+        type MakeBackend = fn() -> PyResult<Backend>;
+        let make: MakeBackend = choice(
+            "backend",
+            backend,
+            &[
+                ("gpu", (|| Ok(Backend::Gpu(shared_gpu().map_err(to_py)?))) as MakeBackend),
+                ("cpu", || Ok(Backend::Cpu)),
+                ("reference", || Ok(Backend::Reference)),
+            ],
+        )?;
+        Ok(Layer { layer: ContextualAttention::with_backend(make()?, params).map_err(to_py)? })
     }
 
     /// One line naming where the layer runs.
