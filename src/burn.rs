@@ -93,20 +93,23 @@ pub fn init_device() -> Result<Device> {
 /// [`ContextualAttention::new`] and the device-resident calls).
 pub fn register(device: &Device, setup: &WgpuSetup) -> Result<Gpu> {
     let gpu = Gpu::from_device(setup.device.clone(), setup.queue.clone(), setup.adapter.get_info());
-    // burn's device names its runtime; a tensor on it carries the runtime's cube device.
-    let probe = Tensor::<4>::zeros([1, 1, 1, 1], device);
-    let cube = cube_tensor("the device's probe", probe)?;
+    let cube = cube_device(device)?;
     let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
-    shared.retain(|(d, _)| *d != cube.device);
-    shared.push((cube.device, gpu.clone()));
+    shared.retain(|(d, _)| *d != cube);
+    shared.push((cube, gpu.clone()));
     Ok(gpu)
 }
 
 /// The layer's context on a burn device shared with it ([`init_device`], [`register`]): for
 /// [`ContextualAttention`]'s own calls (host tensors, device-resident calls) on burn's device.
 pub fn gpu_of(device: &Device) -> Result<Gpu> {
-    let cube = cube_tensor("the device's probe", Tensor::<4>::zeros([1, 1, 1, 1], device))?;
-    shared_gpu(&cube.device)
+    shared_gpu(&cube_device(device)?)
+}
+
+/// The runtime's cube device behind a burn device: burn's device names its runtime, and a
+/// tensor on it carries the cube device.
+fn cube_device(device: &Device) -> Result<CubeDevice> {
+    Ok(cube_tensor("the device's probe", Tensor::<4>::zeros([1, 1, 1, 1], device))?.device)
 }
 
 /// The layer's context on the wgpu device of `device`.
@@ -205,22 +208,12 @@ impl Layer {
 
         // The outputs: new buffers of burn's, on its device.
         let client = f.cube.client.clone();
-        let y_shape = Shape::new(f.shape);
-        let y = CubeTensor::new_contiguous(
-            client.clone(),
-            device.clone(),
-            y_shape.clone(),
-            client.empty(y_shape.num_elements() * 4),
-            DType::F32,
-        );
-        let grid = Shape::new([g.batch, g.hf, g.wf]);
-        let argmax = CubeTensor::new_contiguous(
-            client.clone(),
-            device.clone(),
-            grid.clone(),
-            client.empty(grid.num_elements() * 4),
-            DType::I32,
-        );
+        let empty = |shape: Shape, dtype: DType| {
+            let bytes = client.empty(shape.num_elements() * 4);
+            CubeTensor::new_contiguous(client.clone(), device.clone(), shape, bytes, dtype)
+        };
+        let y = empty(Shape::new(f.shape), DType::F32);
+        let argmax = empty(Shape::new([g.batch, g.hf, g.wf]), DType::I32);
 
         // Pinning burn's buffers (get_resource) also submits burn's pending work on the queue, so
         // the layer's submission comes after it.
