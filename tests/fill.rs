@@ -138,3 +138,45 @@ fn fill_works_only_near_the_hole() {
     assert!(large.queries_computed as f64 <= 1.2 * small.queries_computed as f64);
     assert!(large.queries_computed < 256 * 256 / 4 / 8, "{} queries for a 10×10 hole", large.queries_computed);
 }
+
+/// `Filled::shifts` says where each hole pixel came from: none outside the hole, and at the
+/// finest level (which copies by default) the filled value is the source pixel's, and the
+/// source lies outside the hole. The flow image is white outside the hole and coloured where a
+/// pixel was copied from elsewhere.
+#[test]
+fn shifts_say_where_each_hole_pixel_was_copied_from() {
+    let (h, w) = (96, 128);
+    let image = stripes(h, w, 3);
+    let hole = square_hole(h, w, 36, 52, 20);
+    let filled = fill(&Backend::Cpu, &image, &hole, &FillParams::default(), &mut no_progress()).unwrap();
+    assert!(filled.levels > 1, "the finest level copies only when there are coarser ones");
+    assert_eq!(filled.shifts.len(), h * w);
+    let in_hole = |y: usize, x: usize| hole.at(0, y, x, 0) > 0.5;
+    let flow = filled.flow_image();
+    assert_eq!(flow.len(), h * w * 3);
+    let mut copied = 0;
+    for y in 0..h {
+        for x in 0..w {
+            let p = y * w + x;
+            match filled.shifts[p] {
+                None => assert!(!in_hole(y, x) || flow[3 * p..3 * p + 3] == [255, 255, 255]),
+                Some((dy, dx)) => {
+                    assert!(in_hole(y, x), "a shift at ({y}, {x}), outside the hole");
+                    let (sy, sx) = ((y as i32 + dy) as usize, (x as i32 + dx) as usize);
+                    assert!(!in_hole(sy, sx), "({y}, {x}) copied from ({sy}, {sx}), inside the hole");
+                    for c in 0..3 {
+                        let (got, src) = (filled.result.at(0, y, x, c), image.at(0, sy, sx, c));
+                        assert!((got - src).abs() < 1e-3, "({y}, {x}, {c}) is {got}, its source {src}");
+                    }
+                    assert_ne!(flow[3 * p..3 * p + 3], [255, 255, 255], "a copy drawn as no flow at ({y}, {x})");
+                    copied += 1;
+                }
+            }
+            if !in_hole(y, x) {
+                assert_eq!(flow[3 * p..3 * p + 3], [255, 255, 255], "flow outside the hole at ({y}, {x})");
+            }
+        }
+    }
+    eprintln!("{copied} of {} hole pixels copied from outside the hole", 20 * 20);
+    assert!(copied > 20 * 20 * 3 / 4, "only {copied} of 400 hole pixels were copied");
+}
