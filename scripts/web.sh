@@ -35,7 +35,7 @@ build() {
     mkdir -p web/dist.tmp
     wasm-bindgen --target web --no-typescript --out-dir web/dist.tmp/pkg \
         "target/wasm32-unknown-unknown/$profile_dir/contextual_attention_web.wasm"
-    cp web/index.html web/main.js web/dist.tmp/
+    cp web/index.html web/main.js web/worker.js web/dist.tmp/
     cp assets/brick.png web/dist.tmp/example.png
     cp web/example_mask.png web/dist.tmp/example_mask.png
     rm -rf web/dist

@@ -1,8 +1,8 @@
 // The demo page: load an image, paint a mask, fill it with contextual_attention::fill on the
-// browser's WebGPU (the bindings in web/src/lib.rs, built by scripts/web.sh).
+// browser's WebGPU (the bindings in web/src/lib.rs, built by scripts/web.sh), in a worker
+// (worker.js) so that the page stays responsive.
 // The page's state is in document.body.dataset.state (loading, ready, filling, done, error) so
 // that a test driving the page knows when to look.
-import loadWasm, { init_gpu, adapter_is_software, use_cpu, fill } from './pkg/contextual_attention_web.js';
 
 const $ = (id) => document.getElementById(id);
 const imageCanvas = $('image'), maskCanvas = $('mask'), resultCanvas = $('result'), flowCanvas = $('flow');
@@ -92,7 +92,11 @@ $('file').onchange = async (e) => {
 };
 $('example').onclick = () => showImage('example.png', 'example_mask.png').catch((err) => say(err.message, true));
 
-$('fill').onclick = async () => {
+// Where fills run; it answers every message with one of its own (worker.js's header).
+const worker = new Worker('worker.js', { type: 'module' });
+let started = 0, size = [0, 0];
+
+$('fill').onclick = () => {
   const [w, h] = [imageCanvas.width, imageCanvas.height];
   const rgba = image.getImageData(0, 0, w, h).data;
   const overlay = mask.getImageData(0, 0, w, h).data;
@@ -104,55 +108,54 @@ $('fill').onclick = async () => {
   busy = true; updateButtons(); setState('filling');
   $('progress').value = 0;
   say(`Filling ${count} pixels (${(100 * count / (w * h)).toFixed(1)} % of the image)…`);
-  const started = performance.now();
-  try {
-    const out = await fill(new Uint8Array(rgba.buffer), hole, w, h, (done, total) => {
-      $('progress').max = total; $('progress').value = done;
-    });
-    resultCanvas.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(out.result), w, h), 0, 0);
-    flowCanvas.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(out.flow), w, h), 0, 0);
-    const seconds = ((performance.now() - started) / 1000).toFixed(2);
-    say(`Filled in ${seconds} s: ${out.calls} layer calls over ${out.levels} pyramid levels.`);
-    out.free();
-    setState('done');
-  } catch (err) {
-    say(`Fill failed: ${err.message ?? err}`, true);
-    setState('error');
-  } finally {
-    busy = false; updateButtons();
-  }
+  started = performance.now();
+  size = [w, h];
+  const bytes = new Uint8Array(rgba.buffer);
+  worker.postMessage({ type: 'fill', rgba: bytes, hole, width: w, height: h }, [bytes.buffer, hole.buffer]);
 };
 
-// ?size=N picks the largest side; ?backend=cpu runs on the CPU even where WebGPU exists (to compare).
-const query = new URLSearchParams(location.search);
-if (query.has('size')) $('size').value = query.get('size');
-
-async function main() {
-  try {
-    await loadWasm();
-  } catch (err) {
-    say(`Could not load the WebAssembly module (pkg/): ${err.message ?? err}. Build it with scripts/web.sh.`, true);
-    setState('error');
-    return;
-  }
-  try {
-    if (query.get('backend') === 'cpu') throw new Error('the CPU was asked for (?backend=cpu)');
-    const name = await init_gpu();
-    $('adapter').textContent = `WebGPU adapter: ${name}`;
-    if (adapter_is_software()) {
+function ready(msg) {
+  if (msg.adapter) {
+    $('adapter').textContent = `WebGPU adapter: ${msg.adapter}`;
+    if (msg.software) {
       $('adapter').textContent += ' — a software emulation of a GPU, far slower than a real one; ' +
         'on this machine the CPU path (?backend=cpu) is faster.';
     }
-  } catch (err) {
+  } else {
     // No WebGPU: say why and how to get it; fill still works on the CPU, slowly.
-    const reason = String(err.message ?? err);
-    $('adapter').textContent = reason.charAt(0).toUpperCase() + reason.slice(1);
+    $('adapter').textContent = msg.noWebgpu.charAt(0).toUpperCase() + msg.noWebgpu.slice(1);
     $('adapter').className = 'error';
-    const cpu = use_cpu();
-    say(`Fills will run on the CPU (${cpu}); the page freezes while it works.`, true);
+    say(`Fills will run on the CPU (${msg.cpu}), far slower than on a GPU.`, true);
   }
   backendReady = true;
   updateButtons();
   setState('ready');
 }
-main();
+
+function filled(msg) {
+  const [w, h] = size;
+  resultCanvas.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(msg.result.buffer), w, h), 0, 0);
+  flowCanvas.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(msg.flow.buffer), w, h), 0, 0);
+  const seconds = ((performance.now() - started) / 1000).toFixed(2);
+  say(`Filled in ${seconds} s: ${msg.calls} layer calls over ${msg.levels} pyramid levels.`);
+  busy = false; updateButtons(); setState('done');
+}
+
+worker.onmessage = ({ data: msg }) => {
+  if (msg.type === 'ready') ready(msg);
+  else if (msg.type === 'progress') { $('progress').max = msg.total; $('progress').value = msg.done; }
+  else if (msg.type === 'filled') filled(msg);
+  else if (msg.type === 'error') {
+    say(busy ? `Fill failed: ${msg.message}` : `The page could not start: ${msg.message}`, true);
+    busy = false; updateButtons(); setState('error');
+  }
+};
+worker.onerror = (e) => {
+  say(`The worker failed: ${e.message}`, true);
+  busy = false; updateButtons(); setState('error');
+};
+
+// ?size=N picks the largest side; ?backend=cpu runs on the CPU even where WebGPU exists (to compare).
+const query = new URLSearchParams(location.search);
+if (query.has('size')) $('size').value = query.get('size');
+worker.postMessage({ type: 'start', cpu: query.get('backend') === 'cpu' });

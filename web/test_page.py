@@ -3,7 +3,8 @@
 Serves web/dist (built by `scripts/web.sh build`) on a free localhost port, waits for the page to
 find its WebGPU adapter, loads the bundled example and its mask, presses Fill, and then checks,
 from the canvases' own pixels, that every pixel outside the hole is the input's and that the hole
-changed; the flow image must be coloured inside the hole. `--screenshot PATH` saves the page.
+changed; the flow image must be coloured inside the hole; during a long fill the page must answer and
+its progress bar move. `--screenshot PATH` saves the page.
 Then the same in a Chromium started without WebGPU: the page must say so and fill on the CPU.
 
     python web/test_page.py [--screenshot docs/web_demo.png]
@@ -127,11 +128,25 @@ def fill_example(url, webgpu, timeout, screenshot):
 
         started = time.monotonic()
         fill.click()
-        WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: state(d) in ("done", "error"))
+        # While it fills, the page answers and its progress bar moves (the work is in a worker).
+        progress_seen = set()
+
+        def finished(d):
+            now_state, value, total = d.execute_script(
+                "const p = document.getElementById('progress'); return [document.body.dataset.state, p.value, p.max];"
+            )
+            if now_state == "filling" and 0 < value < total:
+                progress_seen.add((value, total))
+            return now_state in ("done", "error")
+
+        WebDriverWait(driver, timeout, poll_frequency=0.5).until(finished)
         seconds = time.monotonic() - started
         message = driver.find_element(By.ID, "message").text
         print(f"page: {message} (WebDriver saw {seconds:.1f} s)")
         assert state(driver) == "done", f"the fill failed: {message}"
+        print(f"progress seen while filling: {sorted(progress_seen)}")
+        if seconds > 10:
+            assert len(progress_seen) >= 2, f"a {seconds:.0f} s fill showed progress {sorted(progress_seen)} only"
 
         _, _, after = canvas(driver, "result")
         _, _, flow = canvas(driver, "flow")

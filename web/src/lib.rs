@@ -40,8 +40,8 @@ pub fn adapter_is_software() -> bool {
     })
 }
 
-/// Runs fills on the CPU instead (one thread, the page frozen while it works): the way out on a
-/// browser without WebGPU. Returns the CPU path's name.
+/// Runs fills on the CPU instead (one thread; the page runs this module in a worker, so it
+/// stays responsive): the way out on a browser without WebGPU. Returns the CPU path's name.
 #[wasm_bindgen]
 pub fn use_cpu() -> String {
     BACKEND.with(|b| *b.borrow_mut() = Some(Backend::Cpu));
