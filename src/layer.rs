@@ -180,7 +180,7 @@ impl ContextualAttention {
     pub fn with_backend(backend: Backend, params: Params) -> Result<Self> {
         params.validate()?;
         let kernels = match &backend {
-            Backend::Gpu(gpu) => Some(gpu.kernels()?),
+            Backend::Gpu(gpu) => Some(gpu.kernels()),
             Backend::Cpu | Backend::Reference => None,
         };
         Ok(ContextualAttention {

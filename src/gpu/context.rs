@@ -208,13 +208,9 @@ impl Gpu {
         limits.max_storage_buffer_binding_size.min(limits.max_buffer_size)
     }
 
-    /// The pipelines, compiled on first use and then shared by every layer on this context.
-    pub(crate) fn kernels(&self) -> Result<Arc<Kernels>> {
-        if let Some(k) = self.kernels.get() {
-            return Ok(k.clone());
-        }
-        let k = Arc::new(self.checked(|| Kernels::new(&self.device))?);
-        Ok(self.kernels.get_or_init(|| k).clone())
+    /// The pipelines, shared by every layer on this context (each compiled on its first use).
+    pub(crate) fn kernels(&self) -> Arc<Kernels> {
+        self.kernels.get_or_init(|| Arc::new(Kernels::new(&self.device))).clone()
     }
 
     /// The GEMM variants chosen so far on this device.

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::OnceLock;
 
 use bytemuck::Pod;
 
@@ -85,17 +86,32 @@ impl<P> Kernel<P> {
     }
 }
 
-/// Compiled pipelines for every kernel of [`super::stages::KERNELS`], by name.
+/// The pipelines of the kernels of [`super::stages::KERNELS`], by name, each compiled on its
+/// first use: a call needs two of the ten GEMM kernels, and compiling the others up front cost
+/// a browser on a software adapter most of a first call's 34 s.
 pub(crate) struct Kernels {
-    pipelines: HashMap<&'static str, wgpu::ComputePipeline>,
+    device: wgpu::Device,
+    modules: HashMap<&'static str, OnceLock<wgpu::ShaderModule>>,
+    pipelines: HashMap<&'static str, OnceLock<wgpu::ComputePipeline>>,
 }
 
 impl Kernels {
-    pub(crate) fn new(device: &wgpu::Device) -> Result<Kernels> {
-        let mut modules: HashMap<&'static str, wgpu::ShaderModule> = HashMap::new();
-        let mut pipelines = HashMap::new();
-        for info in super::stages::KERNELS {
-            let module = modules.entry(info.file).or_insert_with(|| {
+    pub(crate) fn new(device: &wgpu::Device) -> Kernels {
+        let kernels = super::stages::KERNELS;
+        Kernels {
+            device: device.clone(),
+            modules: kernels.iter().map(|info| (info.file, OnceLock::new())).collect(),
+            pipelines: kernels.iter().map(|info| (info.name, OnceLock::new())).collect(),
+        }
+    }
+
+    /// The kernel's pipeline, compiled now if this is its first use. Callers record inside the
+    /// GPU's error scopes, which catch a compilation error here.
+    fn pipeline(&self, info: &KernelInfo) -> &wgpu::ComputePipeline {
+        // Every kernel is in the table the maps were built from.
+        self.pipelines[info.name].get_or_init(|| {
+            let device = &self.device;
+            let module = self.modules[info.file].get_or_init(|| {
                 device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(info.file),
                     source: wgpu::ShaderSource::Wgsl(info.full_source().into()),
@@ -120,7 +136,7 @@ impl Kernels {
                 bind_group_layouts: &[Some(&group_layout)],
                 immediate_size: 0,
             });
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(info.name),
                 layout: Some(&layout),
                 module,
@@ -130,15 +146,8 @@ impl Kernels {
                     ..Default::default()
                 },
                 cache: None,
-            });
-            pipelines.insert(info.name, pipeline);
-        }
-        Ok(Kernels { pipelines })
-    }
-
-    fn pipeline(&self, info: &KernelInfo) -> &wgpu::ComputePipeline {
-        // Every kernel is in the table the pipelines were built from.
-        &self.pipelines[info.name]
+            })
+        })
     }
 }
 

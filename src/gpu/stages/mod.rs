@@ -111,7 +111,7 @@ impl<'g> Single<'g> {
         }
         let gpu = self.gpu;
         let device = &gpu.device;
-        let kernels = gpu.kernels()?;
+        let kernels = gpu.kernels();
         let (staging, idx, rx) = gpu.checked(|| {
             let mut encoder = self.rec.encode(device, &kernels, None, |_| {}).pop().expect("one part");
             let total: usize = outputs.iter().map(|(_, n)| n.max(&1)).sum();
