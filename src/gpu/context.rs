@@ -209,6 +209,8 @@ impl Gpu {
     }
 
     /// The pipelines, shared by every layer on this context (each compiled on its first use).
+    // In the browser wgpu's handles are neither Send nor Sync, and nothing crosses threads.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub(crate) fn kernels(&self) -> Arc<Kernels> {
         self.kernels.get_or_init(|| Arc::new(Kernels::new(&self.device))).clone()
     }
@@ -223,8 +225,7 @@ impl Gpu {
     /// [`Error::Gpu`].
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn checked<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
-        let scopes = [wgpu::ErrorFilter::Validation, wgpu::ErrorFilter::OutOfMemory, wgpu::ErrorFilter::Internal]
-            .map(|filter| self.device.push_error_scope(filter));
+        let scopes = self.push_error_scopes();
         let result = work();
         // Scopes are popped innermost first.
         let mut caught: Vec<String> = Vec::new();
@@ -248,8 +249,7 @@ impl Gpu {
     #[cfg(target_arch = "wasm32")]
     pub(crate) fn checked<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
         self.take_errors()?;
-        let scopes = [wgpu::ErrorFilter::Validation, wgpu::ErrorFilter::OutOfMemory, wgpu::ErrorFilter::Internal]
-            .map(|filter| self.device.push_error_scope(filter));
+        let scopes = self.push_error_scopes();
         let result = work();
         // Popped now, innermost first (the browser's scopes are a stack, and a nested call
         // pushes its own); only the answers are awaited later.
@@ -263,6 +263,13 @@ impl Gpu {
             }
         });
         result
+    }
+
+    /// The scopes `checked` runs its work in: validation, out of memory, internal (to be popped
+    /// in reverse).
+    fn push_error_scopes(&self) -> [wgpu::ErrorScopeGuard; 3] {
+        [wgpu::ErrorFilter::Validation, wgpu::ErrorFilter::OutOfMemory, wgpu::ErrorFilter::Internal]
+            .map(|filter| self.device.push_error_scope(filter))
     }
 
     /// Turns GPU errors reported since the last call into an [`Error::Gpu`].
