@@ -4,6 +4,7 @@
 #   bash scripts/web.sh build        # web/dist: index.html, main.js, pkg/ (wasm-bindgen), example
 #   bash scripts/web.sh serve [PORT] # build, then serve on http://127.0.0.1:PORT (default 8000)
 #   bash scripts/web.sh test         # the browser tests (tests/web.rs) and the page test, headless
+#   bash scripts/web.sh tools        # installs the wasm32 target and the matching wasm-bindgen-cli
 #
 # Needs the wasm32-unknown-unknown target and wasm-bindgen-cli at the exact version of the
 # wasm-bindgen crate in Cargo.lock (it says how to install both); `test` also needs Chromium and
@@ -14,14 +15,14 @@ cd "$(dirname "$0")/.."
 wanted=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3 }' Cargo.lock)
 need_tools() {
     if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
-        echo "error: the wasm32 target is missing: rustup target add wasm32-unknown-unknown" >&2
+        echo "error: the wasm32 target is missing: rustup target add wasm32-unknown-unknown (or: bash scripts/web.sh tools)" >&2
         exit 1
     fi
     local have
     have=$(wasm-bindgen --version 2>/dev/null | awk '{ print $2 }' || true)
     if [ "$have" != "$wanted" ]; then
         echo "error: wasm-bindgen-cli $wanted is needed (Cargo.lock's wasm-bindgen), found '${have:-none}':" >&2
-        echo "       cargo install wasm-bindgen-cli --version $wanted" >&2
+        echo "       cargo install wasm-bindgen-cli --version $wanted (or: bash scripts/web.sh tools)" >&2
         exit 1
     fi
 }
@@ -49,7 +50,16 @@ serve() {
     exec python3 -m http.server --bind 127.0.0.1 --directory web/dist "$port"
 }
 
+# The CLI is installed without --locked, which is how it builds with this toolchain here.
+install_tools() {
+    rustup target add wasm32-unknown-unknown
+    if [ "$(wasm-bindgen --version 2>/dev/null | awk '{ print $2 }')" != "$wanted" ]; then
+        cargo install wasm-bindgen-cli --version "$wanted"
+    fi
+}
+
 case "${1:-build}" in
+    tools) install_tools ;;
     build) build ;;
     serve) build; serve "${2:-8000}" ;;
     test)
@@ -64,5 +74,5 @@ case "${1:-build}" in
         echo "== the demo page, driven by WebDriver"
         "${PYTHON:-python3}" web/test_page.py
         ;;
-    *) echo "usage: bash scripts/web.sh [build | serve [PORT] | test]" >&2; exit 2 ;;
+    *) echo "usage: bash scripts/web.sh [build | serve [PORT] | test | tools]" >&2; exit 2 ;;
 esac
