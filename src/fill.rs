@@ -6,12 +6,15 @@
 //! patches wide. At the coarsest level the hole starts as a diffusion of its border. At each
 //! level, a few iterations of: attend (every query whose paste reaches the hole against the
 //! patches of its surroundings that do not touch the hole: `exclude` masking, spatial fuse,
-//! exact overlap, a paste kernel of 3·rate), paste, write the result back into the hole; the
-//! softmax scale grows from iteration to iteration so the votes sharpen from averages to
-//! copies. Small levels match at rate 1, larger ones at the layer's rate. A level starts from
-//! the coarser one's matches carried up (each hole pixel copies the pixel at twice its coarse
-//! displacement) where they point outside the hole, and from its upsampled result elsewhere;
-//! by default the finest level does only that ([`Finest`]).
+//! exact overlap, a paste kernel of 3·rate), paste, write the result back into the hole. At
+//! the coarsest level the softmax scale grows from iteration to iteration so the votes sharpen
+//! from the diffusion's averages to copies; the finer levels start from copies and keep the
+//! last scale (averaging a copy again at a low scale would make it as smooth as the
+//! diffusion, and the next level would then match smooth sources). Small levels match at
+//! rate 1, larger ones at the layer's rate. A level starts from the coarser one's matches
+//! carried up (each hole pixel copies the pixel at twice its coarse displacement) where they
+//! point outside the hole, and from its upsampled result elsewhere; by default the finest
+//! level does only that, with the carried matches made coherent first ([`Finest::Copy`]).
 //!
 //! The layer matches by `f·b/|b|`, which ignores a patch's brightness (a dark flat patch
 //! matches a bright flat one). Each pixel gets one more channel holding the constant
@@ -54,10 +57,10 @@ pub struct FillParams {
     pub paste: usize,
     /// What the finest level does (with more than one level).
     pub finest: Finest,
-    /// How sharply the votes prefer close patches at a level's first and last iteration
-    /// (geometric in between): a patch's weight is `exp(−scale · d)`, d its mean squared
-    /// difference per pixel to the query's patch (values divided by 255, summed over
-    /// channels, and over the fuse's neighbours).
+    /// How sharply the votes prefer close patches at the coarsest level's first and last
+    /// iteration (geometric in between; the finer levels use the last): a patch's weight is
+    /// `exp(−scale · d)`, d its mean squared difference per pixel to the query's patch (values
+    /// divided by 255, summed over channels, and over the fuse's neighbours).
     pub scale: (f32, f32),
     /// Side in pixels of the blocks a level is cut into (one layer call per block with hole).
     pub block: usize,
@@ -70,7 +73,10 @@ pub struct FillParams {
 pub enum Finest {
     /// Each hole pixel copies the pixel its match at the next coarser level points to (the
     /// displacement doubled), as PatchMatch carries its offsets up the pyramid: full-resolution
-    /// detail, no layer call at the largest size.
+    /// detail, no layer call at the largest size. The coarser level's matches are first made
+    /// coherent (a mode filter): a cell whose 3×3 neighbourhood agrees more on another
+    /// displacement than on its own takes that one, so the copies come in whole pieces
+    /// rather than a speckle of 2×2 pixel blocks from unrelated places.
     Copy,
     /// The finest level iterates like the others (smoother, about twice the time).
     Iterate,
@@ -296,7 +302,15 @@ pub async fn fill_async(
         let mut shifts = vec![None; level.h * level.w];
         let mut x = match &current {
             None => level.diffused(),
-            Some((prev, prev_shifts)) => level.upsampled_into(prev, prev_shifts, &pyramid[levels - k], &mut shifts),
+            Some((prev, prev_shifts)) => {
+                let coarser = &pyramid[levels - k];
+                if iterations(k) == 0 {
+                    let prev_shifts = coherent(prev_shifts, coarser.h, coarser.w);
+                    level.upsampled_into(prev, &prev_shifts, coarser, &mut shifts)
+                } else {
+                    level.upsampled_into(prev, prev_shifts, coarser, &mut shifts)
+                }
+            }
         };
         if k + 1 == levels {
             coarse = x.clone();
@@ -308,7 +322,7 @@ pub async fn fill_async(
         let blocks = level.blocks(params.block);
         let n_iter = iterations(k);
         for t in 0..n_iter {
-            let ramp = if n_iter > 1 { t as f32 / (n_iter - 1) as f32 } else { 1.0 };
+            let ramp = if k == 0 && n_iter > 1 { t as f32 / (n_iter - 1) as f32 } else { 1.0 };
             let scale = params.scale.0 * (params.scale.1 / params.scale.0).powf(ramp);
             let layer = ContextualAttention::with_backend(backend.clone(), params.layer(scale, rate))?;
             for block in &blocks {
@@ -586,6 +600,38 @@ impl Level {
     }
 }
 
+/// `shifts` (`h × w`, row-major) with each cell's shift replaced by the one most common in its
+/// 3×3 neighbourhood when that one is more common there than the cell's own (a mode filter on
+/// the nearest-neighbour field, in the spirit of Wexler et al.'s mode-seeking votes: it
+/// removes isolated matches and extends the coherent ones). Cells without a shift keep none.
+fn coherent(shifts: &[Shift], h: usize, w: usize) -> Vec<Shift> {
+    let mut out = shifts.to_vec();
+    let mut votes: Vec<((i32, i32), usize)> = Vec::with_capacity(9);
+    for y in 0..h {
+        for x in 0..w {
+            let Some(own) = shifts[y * w + x] else { continue };
+            votes.clear();
+            for yy in y.saturating_sub(1)..(y + 2).min(h) {
+                for xx in x.saturating_sub(1)..(x + 2).min(w) {
+                    if let Some(shift) = shifts[yy * w + xx] {
+                        match votes.iter_mut().find(|(v, _)| *v == shift) {
+                            Some((_, n)) => *n += 1,
+                            None => votes.push((shift, 1)),
+                        }
+                    }
+                }
+            }
+            // The first of the most common in scan order; the cell's own wins ties.
+            let own_count = votes.iter().find(|(v, _)| *v == own).map_or(0, |v| v.1);
+            let (best, count) = votes.iter().fold(votes[0], |a, &b| if b.1 > a.1 { b } else { a });
+            if count > own_count {
+                out[y * w + x] = Some(best);
+            }
+        }
+    }
+    out
+}
+
 /// Whether a query at a region pixel's own position found no usable patch (mass 0).
 fn region_queries_starved(out: &crate::Output, region: &Tensor, rate: usize) -> bool {
     let (hf, wf) = out.grid;
@@ -720,4 +766,36 @@ pub fn composite(img: &Tensor, y: &Tensor, mask: &Tensor) -> Tensor {
 /// `img` with the hole painted white.
 pub fn with_hole(img: &Tensor, mask: &Tensor) -> Tensor {
     Tensor::from_fn(img.shape(), |_, y, x, c| if mask.at(0, y, x, 0) > 0.5 { 255.0 } else { img.at(0, y, x, c) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::coherent;
+
+    /// A 4×4 field: a coherent region of (0, 5) with an isolated (3, −2) inside it, a column
+    /// of (1, 1) on the right, and one cell without a match.
+    #[test]
+    fn coherent_replaces_isolated_matches_and_keeps_regions_and_ties() {
+        let (a, b, c) = (Some((0, 5)), Some((3, -2)), Some((1, 1)));
+        #[rustfmt::skip]
+        let field = vec![
+            a, a, a, c,
+            a, b, a, c,
+            a, a, None, c,
+            a, a, a, c,
+        ];
+        let out = coherent(&field, 4, 4);
+        // The isolated match takes its neighbourhood's: a×7, b×1 around (1, 1).
+        assert_eq!(out[5], a);
+        // A cell without a match keeps none.
+        assert_eq!(out[10], None);
+        // The column of c keeps its own: (0, 3) sees a×2, c×2 (a tie), (1, 3) and (2, 3) a×2, c×3.
+        assert_eq!([out[3], out[7], out[11], out[15]], [c, c, c, c]);
+        // The region around the column keeps its own: (1, 2) sees a×4, c×3, b×1.
+        assert_eq!(out[6], a);
+        assert_eq!(out.iter().filter(|&&s| s == a).count(), 11);
+        // A tie keeps the own shift: each of the two cells sees one a and one c.
+        let tie = vec![a, c];
+        assert_eq!(coherent(&tie, 1, 2), tie);
+    }
 }
