@@ -304,12 +304,10 @@ pub async fn fill_async(
             None => level.diffused(),
             Some((prev, prev_shifts)) => {
                 let coarser = &pyramid[levels - k];
-                if iterations(k) == 0 {
-                    let prev_shifts = coherent(prev_shifts, coarser.h, coarser.w);
-                    level.upsampled_into(prev, &prev_shifts, coarser, &mut shifts)
-                } else {
-                    level.upsampled_into(prev, prev_shifts, coarser, &mut shifts)
-                }
+                // A level that only copies (Finest::Copy) copies coherent pieces.
+                let carried =
+                    if iterations(k) == 0 { coherent(prev_shifts, coarser.h, coarser.w) } else { prev_shifts.clone() };
+                level.upsampled_into(prev, &carried, coarser, &mut shifts)
             }
         };
         if k + 1 == levels {
