@@ -443,7 +443,8 @@ impl Item<'_> {
             // Patches of validity 0 have weight exactly 0: the paste leaves them out.
             let weighed = panels::raw_patches(self.b, g, kt.rows.clone(), valid, &mut ws.raw_patches);
             if let Some(valid) = valid.filter(|_| weighed < nk) {
-                scores.par_chunks_mut(nk).for_each(|row| gather(row, &valid[first..first + nk]));
+                let runs = kept_runs(&valid[first..first + nk]);
+                scores.par_chunks_mut(nk).for_each(|row| gather(row, &runs));
             }
             gemm::accumulate(scores, nk, &ws.raw_patches, &mut acc, nq, p, weighed);
         }
@@ -540,13 +541,24 @@ pub fn forward(
     Ok(out)
 }
 
-/// Moves the values of `row` at the positions `flags` marks to its front, in order (in place).
-fn gather(row: &mut [f32], flags: &[bool]) {
-    let mut kept = 0;
-    for at in 0..row.len() {
-        if flags[at] {
-            row[kept] = row[at];
-            kept += 1;
+/// The runs of consecutive positions that `flags` marks, as (start, length), in order.
+fn kept_runs(flags: &[bool]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (at, _) in flags.iter().enumerate().filter(|(_, &kept)| kept) {
+        match runs.last_mut() {
+            Some((start, len)) if *start + *len == at => *len += 1,
+            _ => runs.push((at, 1)),
         }
+    }
+    runs
+}
+
+/// Moves the values of `row` in `runs` (see [`kept_runs`]) to its front, in order (in place):
+/// one block copy per run, since the kept keys come in runs along the key grid's rows.
+fn gather(row: &mut [f32], runs: &[(usize, usize)]) {
+    let mut kept = 0;
+    for &(start, len) in runs {
+        row.copy_within(start..start + len, kept);
+        kept += len;
     }
 }
