@@ -14,7 +14,9 @@
 //! rate 1, larger ones at the layer's rate. A level starts from the coarser one's matches
 //! carried up (each hole pixel copies the pixel at twice its coarse displacement) where they
 //! point outside the hole, and from its upsampled result elsewhere; by default the finest
-//! level does only that, with the carried matches made coherent first ([`Finest::Copy`]).
+//! level does only that, with the carried matches made coherent first and the copies next to
+//! the hole's border re-chosen to continue what surrounds them ([`Finest::Copy`],
+//! [`FillParams::refine`]).
 //!
 //! The layer matches by `f·b/|b|`, which ignores a patch's brightness (a dark flat patch
 //! matches a bright flat one). Each pixel gets one more channel holding the constant
@@ -66,6 +68,9 @@ pub struct FillParams {
     pub block: usize,
     /// Pixels of context around a block whose patches may be copied into it.
     pub context: usize,
+    /// At the finest level ([`Finest::Copy`]), the hole pixels this close to a known pixel
+    /// re-choose their copies to continue their surroundings (window `2·refine + 1`; 0: off).
+    pub refine: usize,
 }
 
 /// What [`fill`] does at the finest level.
@@ -76,7 +81,9 @@ pub enum Finest {
     /// detail, no layer call at the largest size. The coarser level's matches are first made
     /// coherent (a mode filter): a cell whose 3×3 neighbourhood agrees more on another
     /// displacement than on its own takes that one, so the copies come in whole pieces
-    /// rather than a speckle of 2×2 pixel blocks from unrelated places.
+    /// rather than a speckle of 2×2 pixel blocks from unrelated places. Then the copies within
+    /// [`FillParams::refine`] pixels of the hole's border are re-chosen against the known
+    /// pixels around them (PatchMatch-style propagation and a one-pixel search).
     Copy,
     /// The finest level iterates like the others (smoother, about twice the time).
     Iterate,
@@ -96,6 +103,7 @@ impl Default for FillParams {
             scale: (100.0, 1000.0),
             block: 32,
             context: 64,
+            refine: 3,
         }
     }
 }
@@ -154,6 +162,9 @@ impl FillParams {
 /// squared differences (see the module's header): large next to the centred pixel values
 /// (|v| ≤ 1), small enough that f32 keeps the differences (scores ≈ ANCHOR·√n ≈ 24).
 pub const ANCHOR: f32 = 8.0;
+
+/// Sweeps of the border refinement ([`FillParams::refine`]): two each way.
+const REFINE_SWEEPS: usize = 4;
 
 /// What [`fill`] produces.
 #[derive(Clone, Debug)]
@@ -304,10 +315,16 @@ pub async fn fill_async(
             None => level.diffused(),
             Some((prev, prev_shifts)) => {
                 let coarser = &pyramid[levels - k];
-                // A level that only copies (Finest::Copy) copies coherent pieces.
-                let carried =
-                    if iterations(k) == 0 { coherent(prev_shifts, coarser.h, coarser.w) } else { prev_shifts.clone() };
-                level.upsampled_into(prev, &carried, coarser, &mut shifts)
+                if iterations(k) == 0 {
+                    // A level that only copies (Finest::Copy) copies coherent pieces, and its
+                    // border continues the surroundings.
+                    let carried = coherent(prev_shifts, coarser.h, coarser.w);
+                    let mut x = level.upsampled_into(prev, &carried, coarser, &mut shifts);
+                    level.refine_border(&mut x, &mut shifts, params.refine);
+                    x
+                } else {
+                    level.upsampled_into(prev, prev_shifts, coarser, &mut shifts)
+                }
             }
         };
         if k + 1 == levels {
@@ -505,6 +522,95 @@ impl Level {
             }
         }
         out
+    }
+
+    /// Re-chooses where the hole pixels within `radius` pixels (chessboard) of a known pixel
+    /// copy from, so that the fill continues what surrounds the hole: the carried copies come
+    /// from matches on the coarser level (even displacements, chosen against a blurred
+    /// neighbourhood), and at the hole's border they can be off by a pixel or a piece. In the
+    /// manner of PatchMatch's propagation and search, [`REFINE_SWEEPS`] sweeps in alternating
+    /// scan order; each pixel tries its own displacement, that one moved by one pixel in each
+    /// direction (reaching the odd displacements) and those of its two neighbours visited just
+    /// before, and keeps the one whose source's (2·radius+1)² window differs least (sum of
+    /// squared differences) from the pixel's own window over the latter's known pixels. A
+    /// source's window must be inside the level and hold no hole pixel. Pixels deeper in the
+    /// hole keep their copies (no known pixel to compare with). `radius` 0: nothing changes.
+    fn refine_border(&self, x: &mut [f32], shifts: &mut [Shift], radius: usize) {
+        if radius == 0 {
+            return;
+        }
+        let (h, w, c) = (self.h as i64, self.w as i64, self.c);
+        let r = radius as i64;
+        let width = self.w + 1;
+        // Summed-area table of the hole, for "this window holds no hole pixel".
+        let mut holes_above = vec![0u32; (self.h + 1) * width];
+        for y in 0..self.h {
+            for xx in 0..self.w {
+                holes_above[(y + 1) * width + xx + 1] = self.hole[y * self.w + xx] as u32
+                    + holes_above[y * width + xx + 1]
+                    + holes_above[(y + 1) * width + xx]
+                    - holes_above[y * width + xx];
+            }
+        }
+        let source_ok = |y: i64, xx: i64| -> bool {
+            if y < r || xx < r || y + r >= h || xx + r >= w {
+                return false;
+            }
+            let (y0, x0, y1, x1) = ((y - r) as usize, (xx - r) as usize, (y + r + 1) as usize, (xx + r + 1) as usize);
+            holes_above[y1 * width + x1] + holes_above[y0 * width + x0]
+                == holes_above[y0 * width + x1] + holes_above[y1 * width + x0]
+        };
+        let distances = self.distances();
+        let border: Vec<usize> = (0..self.h * self.w).filter(|&i| (1..=radius).contains(&distances[i])).collect();
+        let mut candidates: Vec<(i32, i32)> = Vec::with_capacity(7);
+        for sweep in 0..REFINE_SWEEPS {
+            let forward = sweep % 2 == 0;
+            let back: i64 = if forward { -1 } else { 1 };
+            for n in 0..border.len() {
+                let p = border[if forward { n } else { border.len() - 1 - n }];
+                let (y, xx) = ((p / self.w) as i64, (p % self.w) as i64);
+                candidates.clear();
+                if let Some((dy, dx)) = shifts[p] {
+                    candidates.extend([(dy, dx), (dy - 1, dx), (dy + 1, dx), (dy, dx - 1), (dy, dx + 1)]);
+                }
+                for (ny, nx) in [(y + back, xx), (y, xx + back)] {
+                    if (0..h).contains(&ny) && (0..w).contains(&nx) {
+                        candidates.extend(shifts[(ny * w + nx) as usize]);
+                    }
+                }
+                let mut best: Option<((i32, i32), f32)> = None;
+                for &(dy, dx) in &candidates {
+                    let (sy, sx) = (y + dy as i64, xx + dx as i64);
+                    if !source_ok(sy, sx) {
+                        continue;
+                    }
+                    let mut cost = 0.0f32;
+                    for oy in -r..=r {
+                        for ox in -r..=r {
+                            let (py, px) = (y + oy, xx + ox);
+                            if !(0..h).contains(&py) || !(0..w).contains(&px) || self.hole[(py * w + px) as usize] {
+                                continue;
+                            }
+                            let a = (py * w + px) as usize * c;
+                            let b = ((sy + oy) * w + sx + ox) as usize * c;
+                            cost += self.img[a..a + c]
+                                .iter()
+                                .zip(&self.img[b..b + c])
+                                .map(|(u, v)| (u - v) * (u - v))
+                                .sum::<f32>();
+                        }
+                    }
+                    if best.is_none_or(|(_, least)| cost < least) {
+                        best = Some(((dy, dx), cost));
+                    }
+                }
+                if let Some(((dy, dx), _)) = best {
+                    let src = ((y + dy as i64) * w + xx + dx as i64) as usize * c;
+                    x[p * c..p * c + c].copy_from_slice(&self.img[src..src + c]);
+                    shifts[p] = Some((dy, dx));
+                }
+            }
+        }
     }
 
     /// `block` grown by `margin` on every side, then to sides that are multiples of `rate`
@@ -768,7 +874,44 @@ pub fn with_hole(img: &Tensor, mask: &Tensor) -> Tensor {
 
 #[cfg(test)]
 mod tests {
-    use super::coherent;
+    use super::{coherent, Level};
+
+    /// Vertical stripes of period 3 (0, 0.5, 1 along x) with a 4×4 hole whose pixels all copy
+    /// from 7 columns to the right: a displacement off by one column from the stripes' phase,
+    /// as the even displacements carried up from a coarser level can be. The pixels next to
+    /// the known ones (the ring, distance 1) find the aligned displacement (0, 6) among their
+    /// candidates (own shift moved by one column), which matches their known neighbours
+    /// exactly; the 2×2 inside (distance 2) is beyond a radius of 1 and keeps its copies.
+    #[test]
+    fn refine_border_aligns_the_ring_and_keeps_the_inside() {
+        let (h, w) = (12, 20);
+        let stripe = |x: usize| [0.0, 0.5, 1.0][x % 3];
+        let hole: Vec<bool> = (0..h * w).map(|i| (4..8).contains(&(i / w)) && (8..12).contains(&(i % w))).collect();
+        let img: Vec<f32> = (0..h * w).map(|i| if hole[i] { -9.0 } else { stripe(i % w) }).collect();
+        let level = Level { img: img.clone(), hole: hole.clone(), h, w, c: 1 };
+        let off = (0, 7);
+        let shifts: Vec<_> = hole.iter().map(|&x| x.then_some(off)).collect();
+        // The carried copies: each hole pixel holds the value 7 columns to its right.
+        let x: Vec<f32> = (0..h * w).map(|i| if hole[i] { stripe(i % w + 7) } else { img[i] }).collect();
+
+        let (mut refined, mut refined_shifts) = (x.clone(), shifts.clone());
+        level.refine_border(&mut refined, &mut refined_shifts, 1);
+        let inside = |i: usize| (5..7).contains(&(i / w)) && (9..11).contains(&(i % w));
+        for i in (0..h * w).filter(|&i| hole[i]) {
+            if inside(i) {
+                assert_eq!((refined_shifts[i], refined[i]), (Some(off), x[i]), "pixel {i}");
+            } else {
+                assert_eq!((refined_shifts[i], refined[i]), (Some((0, 6)), stripe(i % w)), "pixel {i}");
+            }
+        }
+        // Known pixels are never written.
+        assert!((0..h * w).filter(|&i| !hole[i]).all(|i| refined[i] == img[i]));
+
+        // Radius 0 leaves everything as it was.
+        let (mut same, mut same_shifts) = (x.clone(), shifts.clone());
+        level.refine_border(&mut same, &mut same_shifts, 0);
+        assert_eq!((same, same_shifts), (x, shifts));
+    }
 
     /// A 4×4 field: a coherent region of (0, 5) with an isolated (3, −2) inside it, a column
     /// of (1, 1) on the right, and one cell without a match.

@@ -85,6 +85,10 @@ pub struct FillArgs {
     /// Pixels of context around a block that patches are copied from.
     #[arg(long, default_value_t = FillParams::default().context)]
     pub context: usize,
+    /// At the finest level, hole pixels this close to the hole's border re-choose their copies to
+    /// continue their surroundings (0: off).
+    #[arg(long, value_name = "PIXELS", default_value_t = FillParams::default().refine)]
+    pub refine: usize,
 }
 
 /// Resizes a `[1, H, W, C]` tensor of 0–255 values (C = 1 or 3) with a cubic filter.
@@ -179,6 +183,7 @@ pub fn fill(a: FillArgs) -> CliResult {
         scale: (a.scale_start, a.scale_end),
         block: a.block,
         context: a.context,
+        refine: a.refine,
     };
     params.validate()?;
     let img = io::read_image(&a.image)?;
