@@ -550,24 +550,10 @@ impl Level {
         }
         let (h, w, c) = (self.h as i64, self.w as i64, self.c);
         let r = radius as i64;
-        let width = self.w + 1;
-        // Summed-area table of the hole, for "this window holds no hole pixel".
-        let mut holes_above = vec![0u32; (self.h + 1) * width];
-        for y in 0..self.h {
-            for xx in 0..self.w {
-                holes_above[(y + 1) * width + xx + 1] = self.hole[y * self.w + xx] as u32
-                    + holes_above[y * width + xx + 1]
-                    + holes_above[(y + 1) * width + xx]
-                    - holes_above[y * width + xx];
-            }
-        }
+        // 1 where a pixel's window of this radius holds a hole pixel.
+        let near_hole = self.source_mask(radius);
         let source_ok = |y: i64, xx: i64| -> bool {
-            if y < r || xx < r || y + r >= h || xx + r >= w {
-                return false;
-            }
-            let (y0, x0, y1, x1) = ((y - r) as usize, (xx - r) as usize, (y + r + 1) as usize, (xx + r + 1) as usize);
-            holes_above[y1 * width + x1] + holes_above[y0 * width + x0]
-                == holes_above[y0 * width + x1] + holes_above[y1 * width + x0]
+            y >= r && xx >= r && y + r < h && xx + r < w && near_hole[(y * w + xx) as usize] == 0.0
         };
         let distances = self.distances();
         let border: Vec<usize> = (0..self.h * self.w).filter(|&i| (1..=radius).contains(&distances[i])).collect();
