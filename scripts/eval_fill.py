@@ -9,7 +9,12 @@ it: 1 is as sharp as the surroundings, near 0 is smeared) and wall time.
 
     python3 -m venv .venv-eval && .venv-eval/bin/pip install -r scripts/requirements.txt
     cargo build --release --bin contextual-attention
-    .venv-eval/bin/python scripts/eval_fill.py [--strokes 2] [--backend cpu] [--pictures docs/]
+    .venv-eval/bin/python scripts/eval_fill.py [--strokes 2] [--backend cpu] [--pictures docs/] \
+        [--seed 2026 --seed 7 --seed 11]
+
+Each --seed draws its own masks and reseeds PatchMatch (the same cases as a run with that seed
+alone); with several seeds the summary is given per seed and over all cases. The defaults were
+chosen on seed 2026's masks, so the other seeds are the honest test.
 
 Not part of CI.
 """
@@ -99,7 +104,8 @@ def main():
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "contextual-attention"))
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--strokes", type=int, default=2, help="free-form masks per image")
-    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--seed", type=int, action="append",
+                    help="mask seed (default 2026); give it several times to evaluate on more masks")
     ap.add_argument("--pictures", help="folder to write a comparison picture per image into")
     ap.add_argument("--fill-args", action="append",
                     help="more flags for our fill, e.g. '--finest iterate'; give it several times to compare "
@@ -110,58 +116,64 @@ def main():
     for name, setting in zip(ours_names, settings):
         print(f"{name}: fill {setting or '(defaults)'}")
     import patchmatch  # noqa: E402  (PyPatchMatch)
-    patchmatch.set_random_seed(args.seed)
+    seeds = args.seed or [2026]
 
     paths = {}
     for p in sorted(glob.glob(os.path.join(ROOT, "assets", "*.png")) +
                     glob.glob(os.path.join(ROOT, "..", "shared", "data", "*.png"))):
         paths.setdefault(os.path.basename(p), p)
-    rng = np.random.default_rng(args.seed)
     rows = []
-    header = f"{'image':<14}{'mask':<8}{'hole':>6}  " + "  ".join(
+    header = f"{'seed':<6}{'image':<14}{'mask':<8}{'hole':>6}  " + "  ".join(
         f"{m:>24}" for m in ["telea", "navier-stokes", "patchmatch"] + ours_names)
     print("per method: PSNR dB / SSIM / gradient ratio / seconds")
     print(header)
     with tempfile.TemporaryDirectory() as workdir:
-        for name, path in paths.items():
-            img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-            h, w = img.shape[:2]
-            masks = [(f"brush{k}", brush_mask(h, w, rng)) for k in range(args.strokes)] + [("rect", rect_mask(h, w))]
-            for mask_name, mask in masks:
-                results = {}
-                t0 = time.perf_counter()
-                results["telea"] = (cv2.inpaint(img, mask, 3, cv2.INPAINT_TELEA), time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                results["navier-stokes"] = (cv2.inpaint(img, mask, 3, cv2.INPAINT_NS), time.perf_counter() - t0)
-                pm_in = img if img.ndim == 3 else np.dstack([img] * 3)
-                t0 = time.perf_counter()
-                pm = patchmatch.inpaint(pm_in, mask, patch_size=5)
-                results["patchmatch"] = (pm if img.ndim == 3 else pm[..., 0], time.perf_counter() - t0)
-                for method, setting in zip(ours_names, settings):
-                    results[method] = ours(args.binary, args.backend, setting.split(), path, mask, workdir)
-                row = {"image": name, "mask": mask_name, "hole": (mask > 0).mean()}
-                cells = []
-                for method, (res, t) in results.items():
-                    psnr, ssim, energy = metrics(res, img, mask)
-                    row[method] = (psnr, ssim, energy, t)
-                    cells.append(f"{psnr:6.2f}/{ssim:5.3f}/{energy:4.2f}/{t:6.2f}")
-                rows.append(row)
-                print(f"{name:<14}{mask_name:<8}{row['hole']:6.1%}  " + "  ".join(f"{c:>24}" for c in cells), flush=True)
-                if args.pictures and mask_name == "rect":
-                    os.makedirs(args.pictures, exist_ok=True)
-                    holed = img.copy()
-                    holed[mask > 0] = 255
-                    tiles = [holed, results["telea"][0], results["patchmatch"][0], results[ours_names[0]][0]]
-                    strip = np.concatenate([t if t.ndim == 3 else np.dstack([t] * 3) for t in tiles], axis=1)
-                    cv2.imwrite(os.path.join(args.pictures, f"fill_compare_{os.path.splitext(name)[0]}.png"), strip)
-    n = len(rows)
+        for seed in seeds:
+            patchmatch.set_random_seed(seed)
+            rng = np.random.default_rng(seed)
+            for name, path in paths.items():
+                img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+                h, w = img.shape[:2]
+                masks = [(f"brush{k}", brush_mask(h, w, rng)) for k in range(args.strokes)] + [("rect", rect_mask(h, w))]
+                for mask_name, mask in masks:
+                    results = {}
+                    t0 = time.perf_counter()
+                    results["telea"] = (cv2.inpaint(img, mask, 3, cv2.INPAINT_TELEA), time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    results["navier-stokes"] = (cv2.inpaint(img, mask, 3, cv2.INPAINT_NS), time.perf_counter() - t0)
+                    pm_in = img if img.ndim == 3 else np.dstack([img] * 3)
+                    t0 = time.perf_counter()
+                    pm = patchmatch.inpaint(pm_in, mask, patch_size=5)
+                    results["patchmatch"] = (pm if img.ndim == 3 else pm[..., 0], time.perf_counter() - t0)
+                    for method, setting in zip(ours_names, settings):
+                        results[method] = ours(args.binary, args.backend, setting.split(), path, mask, workdir)
+                    row = {"seed": seed, "image": name, "mask": mask_name, "hole": (mask > 0).mean()}
+                    cells = []
+                    for method, (res, t) in results.items():
+                        psnr, ssim, energy = metrics(res, img, mask)
+                        row[method] = (psnr, ssim, energy, t)
+                        cells.append(f"{psnr:6.2f}/{ssim:5.3f}/{energy:4.2f}/{t:6.2f}")
+                    rows.append(row)
+                    print(f"{seed:<6}{name:<14}{mask_name:<8}{row['hole']:6.1%}  " + "  ".join(f"{c:>24}" for c in cells), flush=True)
+                    if args.pictures and mask_name == "rect" and seed == seeds[0]:
+                        os.makedirs(args.pictures, exist_ok=True)
+                        holed = img.copy()
+                        holed[mask > 0] = 255
+                        tiles = [holed, results["telea"][0], results["patchmatch"][0], results[ours_names[0]][0]]
+                        strip = np.concatenate([t if t.ndim == 3 else np.dstack([t] * 3) for t in tiles], axis=1)
+                        cv2.imwrite(os.path.join(args.pictures, f"fill_compare_{os.path.splitext(name)[0]}.png"), strip)
     print()
-    for name in ours_names:
-        better = sum(r[name][0] > r["patchmatch"][0] for r in rows)
-        sharp = np.median([r[name][2] / max(r["patchmatch"][2], 1e-9) for r in rows])
-        slower = np.median([r[name][3] / max(r["patchmatch"][3], 1e-9) for r in rows])
-        print(f"{n} cases: {name} has the higher hole PSNR than PatchMatch on {better}/{n} ({better / n:.0%}); "
-              f"median gradient ratio {name}/PatchMatch {sharp:.2f}; median time {name}/PatchMatch {slower:.2f}x")
+    groups = [(f"seed {seed}", [r for r in rows if r["seed"] == seed]) for seed in seeds] if len(seeds) > 1 else []
+    for label, group in groups + [("all", rows)]:
+        n = len(group)
+        for name in ours_names:
+            better = sum(r[name][0] > r["patchmatch"][0] for r in group)
+            sharp = np.median([r[name][2] / max(r["patchmatch"][2], 1e-9) for r in group])
+            slower = np.median([r[name][3] / max(r["patchmatch"][3], 1e-9) for r in group])
+            gain = np.mean([r[name][0] - r["patchmatch"][0] for r in group])
+            print(f"{label}, {n} cases: {name} has the higher hole PSNR than PatchMatch on {better}/{n} "
+                  f"({better / n:.0%}, mean {gain:+.2f} dB); median gradient ratio {name}/PatchMatch {sharp:.2f}; "
+                  f"median time {name}/PatchMatch {slower:.2f}x")
     for method in ["telea", "navier-stokes", "patchmatch"] + ours_names:
         v = np.array([r[method] for r in rows])
         print(f"mean {method:<14} PSNR {v[:, 0].mean():6.2f} dB  SSIM {v[:, 1].mean():.3f}  "
