@@ -18,6 +18,14 @@
 //! the hole's border re-chosen to continue what surrounds them ([`Finest::Copy`],
 //! [`FillParams::refine`]).
 //!
+//! Which fuse kernel (the layer's `fuse_k`: how far along a diagonal a match must agree with
+//! its neighbours') suits an image depends on it: photographs want short coherent pieces, a
+//! regular texture such as a brick wall wants its courses continued over longer runs. So the
+//! kernels of [`FillParams::fuse`] compete: each fills the coarse levels, and the fill goes on
+//! with the one whose result has the lowest completion energy there ([`Level::energy`], the
+//! objective of Wexler et al. with the search limited to what was copied); a kernel far
+//! behind after a level drops out early to save time.
+//!
 //! The layer matches by `f·b/|b|`, which ignores a patch's brightness (a dark flat patch
 //! matches a bright flat one). Each pixel gets one more channel holding the constant
 //! [`ANCHOR`]; with it large next to the pixel values, `f·b/|b|` is a constant minus
@@ -71,6 +79,20 @@ pub struct FillParams {
     /// At the finest level ([`Finest::Copy`]), the hole pixels this close to a known pixel
     /// re-choose their copies to continue their surroundings (window `2·refine + 1`; 0: off).
     pub refine: usize,
+    /// The layer's fuse kernels (`fuse_k`) that compete: each fills the coarsest
+    /// [`FillParams::compete_levels`] levels (unless it drops out, see
+    /// [`FillParams::compete_margin`]), and the fill goes on with the one whose result there
+    /// has the lowest completion energy ([`Filled::energies`]). A small kernel suits
+    /// photographs (short coherent pieces), a larger one regular textures (a brick wall's
+    /// courses kept straight over longer runs). One kernel: no competition.
+    pub fuse: Vec<usize>,
+    /// How many levels, from the coarsest, the [`FillParams::fuse`] kernels fill before one is
+    /// chosen: at most all the levels that run the layer but the last (the largest, which takes
+    /// most of the time), or that one when it is the only one.
+    pub compete_levels: usize,
+    /// After each level before the choice, a kernel whose energy is above this multiple of
+    /// the lowest drops out (it saves the next levels' time; ≥ 1).
+    pub compete_margin: f32,
 }
 
 /// What [`fill`] does at the finest level.
@@ -104,6 +126,9 @@ impl Default for FillParams {
             block: 32,
             context: 64,
             refine: 3,
+            fuse: vec![3, 7],
+            compete_levels: 2,
+            compete_margin: 1.1,
         }
     }
 }
@@ -128,6 +153,15 @@ impl FillParams {
         if self.block < 4 * self.rate {
             return bad("block", self.block.to_string(), "at least 4·rate pixels");
         }
+        if self.fuse.is_empty() || self.fuse.contains(&0) {
+            return bad("fuse", format!("{:?}", self.fuse), "one or more kernel sizes, each at least 1");
+        }
+        if self.compete_levels == 0 {
+            return bad("compete_levels", "0".into(), "at least 1");
+        }
+        if !(self.compete_margin >= 1.0 && self.compete_margin.is_finite()) {
+            return bad("compete_margin", self.compete_margin.to_string(), "a finite number, at least 1");
+        }
         Ok(())
     }
 
@@ -142,10 +176,11 @@ impl FillParams {
 
     /// The layer's parameters for weights `exp(−scale · d)` (see [`FillParams::scale`]):
     /// the layer's score is `−|f − b|²/(2·ANCHOR·√n)` up to a constant, d = `|f − b|²/n`.
-    fn layer(&self, scale: f32, rate: usize, backend: &Backend) -> Params {
+    fn layer(&self, scale: f32, rate: usize, fuse_k: usize, backend: &Backend) -> Params {
         let n = (self.patch * self.patch) as f32;
         Params {
             ksize: self.patch,
+            fuse_k,
             rate,
             paste_kernel: Some(self.paste * rate),
             softmax_scale: scale * 2.0 * ANCHOR / n.sqrt(),
@@ -175,6 +210,9 @@ const CPU_FILL_BUDGET: u64 = 64 << 20;
 /// Sweeps of the border refinement ([`FillParams::refine`]): two each way.
 const REFINE_SWEEPS: usize = 4;
 
+/// Half the side of the windows the completion energy compares ([`Level::energy`]): 5×5.
+const ENERGY_RADIUS: usize = 2;
+
 /// What [`fill`] produces.
 #[derive(Clone, Debug)]
 pub struct Filled {
@@ -192,6 +230,15 @@ pub struct Filled {
     /// Where each pixel of the hole was copied from, as (rows, columns) from the pixel (`None`
     /// outside the hole and where the last step averaged rather than copied), row-major `H·W`.
     pub shifts: Vec<Option<(i32, i32)>>,
+    /// The fuse kernel the fill went on with (see [`FillParams::fuse`]).
+    pub fuse_k: usize,
+    /// The competition of the fuse kernels: (level, counted from the coarsest from 0; kernel;
+    /// its completion energy there) for each kernel still in at each level before the choice.
+    /// The energy is the mean squared difference per pixel and channel (values divided by
+    /// 255) between each hole pixel's 5×5 window and the best of the source windows its
+    /// neighbours copy from: low where the fill is made of whole pieces that meet without
+    /// seams. Empty with one kernel.
+    pub energies: Vec<(usize, usize, f64)>,
 }
 
 impl Filled {
@@ -267,6 +314,8 @@ pub async fn fill_async(
             calls: 0,
             queries_computed: 0,
             shifts,
+            fuse_k: params.fuse[0],
+            energies: Vec::new(),
         });
     }
     if hole_pixels == h * w {
@@ -312,53 +361,77 @@ pub async fn fill_async(
         Finest::Copy if levels > 1 && k + 1 == levels => 0,
         _ => params.iterations.saturating_sub(k).max(1),
     };
-    let total: usize =
-        pyramid.iter().rev().enumerate().map(|(k, l)| iterations(k) * l.blocks(params.block).len()).sum();
-    let (mut done, mut calls, mut queries_computed) = (0, 0, 0);
-    // The image of the level just done, and where each of its hole pixels was copied from.
-    let mut current: Option<(Vec<f32>, Vec<Shift>)> = None;
-    let mut coarse = Vec::new();
+    // The competing fuse kernels fill the levels up to `decide` each (see FillParams::fuse),
+    // not the last that runs the layer (the largest, most of the time) unless it is the only one.
+    let layer_levels = (0..levels).filter(|&k| iterations(k) > 0).count();
+    let decide = params.compete_levels.min(layer_levels.saturating_sub(1).max(1)) - 1;
+    let competing = |k: usize| if k <= decide { params.fuse.len() } else { 1 };
+    // Layer calls of one branch per level.
+    let level_calls: Vec<usize> =
+        pyramid.iter().rev().enumerate().map(|(k, l)| iterations(k) * l.blocks(params.block).len()).collect();
+    let mut work = Work {
+        done: 0,
+        total: level_calls.iter().enumerate().map(|(k, calls)| competing(k) * calls).sum(),
+        calls: 0,
+        queries_computed: 0,
+    };
+    let mut branches: Vec<Branch> =
+        params.fuse.iter().map(|&fuse_k| Branch { fuse_k, current: None, coarse: Vec::new() }).collect();
+    let mut energies = Vec::new();
     for (k, level) in pyramid.iter().rev().enumerate() {
-        let mut shifts = vec![None; level.h * level.w];
-        let mut x = match &current {
-            None => level.diffused(),
-            Some((prev, prev_shifts)) => {
-                let coarser = &pyramid[levels - k];
-                if iterations(k) == 0 {
-                    // A level that only copies (Finest::Copy) copies coherent pieces, and its
-                    // border continues the surroundings.
-                    let carried = coherent(prev_shifts, coarser.h, coarser.w);
-                    let mut x = level.upsampled_into(prev, &carried, coarser, &mut shifts);
-                    level.refine_border(&mut x, &mut shifts, params.refine);
-                    x
-                } else {
-                    level.upsampled_into(prev, prev_shifts, coarser, &mut shifts)
+        for branch in &mut branches {
+            let mut shifts = vec![None; level.h * level.w];
+            let mut x = match &branch.current {
+                None => level.diffused(),
+                Some((prev, prev_shifts)) => {
+                    let coarser = &pyramid[levels - k];
+                    if iterations(k) == 0 {
+                        // A level that only copies (Finest::Copy) copies coherent pieces, and
+                        // its border continues the surroundings.
+                        let carried = coherent(prev_shifts, coarser.h, coarser.w);
+                        let mut x = level.upsampled_into(prev, &carried, coarser, &mut shifts);
+                        level.refine_border(&mut x, &mut shifts, params.refine);
+                        x
+                    } else {
+                        level.upsampled_into(prev, prev_shifts, coarser, &mut shifts)
+                    }
                 }
+            };
+            if k + 1 == levels {
+                branch.coarse = x.clone();
             }
-        };
-        if k + 1 == levels {
-            coarse = x.clone();
+            let rate = params.rate_at(level.h.min(level.w), k + 1 == levels);
+            let ramp = k == 0;
+            let setup = LevelRun { params, backend, rate, fuse_k: branch.fuse_k, iterations: iterations(k), ramp };
+            level.iterate(&setup, (&mut x, &mut shifts), &mut work, progress).await?;
+            branch.current = Some((x, shifts));
         }
-        let rate = params.rate_at(level.h.min(level.w), k + 1 == levels);
-        // The layer sees b's mask through its downscale by the rate, one pixel of each rate×rate
-        // cell: growing the hole by rate − 1 pixels keeps every pasted pixel out of it.
-        let source_mask = level.source_mask(rate - 1);
-        let blocks = level.blocks(params.block);
-        let n_iter = iterations(k);
-        for t in 0..n_iter {
-            let ramp = if k == 0 && n_iter > 1 { t as f32 / (n_iter - 1) as f32 } else { 1.0 };
-            let scale = params.scale.0 * (params.scale.1 / params.scale.0).powf(ramp);
-            let layer = ContextualAttention::with_backend(backend.clone(), params.layer(scale, rate, backend))?;
-            for block in &blocks {
-                queries_computed +=
-                    level.attend(&layer, params, rate, (&mut x, &mut shifts), &source_mask, *block).await?;
-                calls += 1;
-                done += 1;
-                progress(done, total);
+        if k <= decide && branches.len() > 1 {
+            let measured: Vec<f64> = branches
+                .iter()
+                .map(|branch| {
+                    let (x, shifts) = branch.current.as_ref().expect("the level is done");
+                    level.energy(x, shifts, ENERGY_RADIUS)
+                })
+                .collect();
+            let lowest = measured.iter().copied().fold(f64::INFINITY, f64::min);
+            energies.extend(branches.iter().zip(&measured).map(|(branch, &e)| (k, branch.fuse_k, e)));
+            let mut kept = measured.iter();
+            if k == decide {
+                // The lowest energy; the first listed of equals.
+                let best = measured.iter().position(|&e| e == lowest).expect("a branch has the lowest energy");
+                branches.swap(0, best);
+                branches.truncate(1);
+            } else {
+                branches
+                    .retain(|_| *kept.next().expect("one energy per branch") <= params.compete_margin as f64 * lowest);
+                // The dropped kernels' calls on the levels up to the choice will not be made.
+                let dropped = measured.len() - branches.len();
+                work.total -= dropped * level_calls[k + 1..=decide].iter().sum::<usize>();
             }
         }
-        current = Some((x, shifts));
     }
+    let Branch { fuse_k, current, coarse } = branches.pop().expect("one branch left");
     let (x, shifts) = current.expect("at least one level");
     let back = |v: &[f32]| -> Tensor {
         let data = v.iter().enumerate().map(|(i, &x)| x * 255.0 + mean[i % c]).collect();
@@ -366,7 +439,47 @@ pub async fn fill_async(
     };
     let filled = back(&x);
     let result = composite(image, &filled, hole);
-    Ok(Filled { result, coarse: back(&coarse), levels, calls, queries_computed, shifts })
+    Ok(Filled {
+        result,
+        coarse: back(&coarse),
+        levels,
+        calls: work.calls,
+        queries_computed: work.queries_computed,
+        shifts,
+        fuse_k,
+        energies,
+    })
+}
+
+/// One competing fuse kernel's way through the pyramid (see [`FillParams::fuse`]).
+struct Branch {
+    fuse_k: usize,
+    /// The image of the level done last, and where each of its hole pixels was copied from.
+    current: Option<(Vec<f32>, Vec<Shift>)>,
+    /// The start of the finest level, once reached.
+    coarse: Vec<f32>,
+}
+
+/// The layer calls of a fill: how many are done of the total (for the progress), made, and
+/// the queries they computed.
+struct Work {
+    done: usize,
+    total: usize,
+    calls: usize,
+    queries_computed: usize,
+}
+
+/// How one level of one competing branch runs.
+struct LevelRun<'a> {
+    params: &'a FillParams,
+    backend: &'a Backend,
+    rate: usize,
+    fuse_k: usize,
+    /// Layer passes over the level's hole (0: the level only copies).
+    iterations: usize,
+    /// Whether the softmax scale ramps over the iterations (the coarsest level), see
+    /// [`FillParams::scale`].
+    ramp: bool,
 }
 
 /// Where a hole pixel's value was copied from, as (rows, columns) from the pixel: the
@@ -393,6 +506,73 @@ struct Rect {
 }
 
 impl Level {
+    /// The completion energy of `x` (Wexler et al.'s objective, with the search limited to
+    /// what the fill copied): per hole pixel, the least sum of squared differences between the
+    /// `(2·radius+1)²` window around it in `x` and a source window (inside the level, no hole
+    /// pixel) at one of the shifts found in that window; the mean over hole pixels and
+    /// channels. A window inside one copied piece costs nothing, one across a seam between
+    /// pieces (or between the fill and the known pixels) costs what the best of its pieces
+    /// fails to explain. Hole pixels without a usable shift in their window are left out.
+    fn energy(&self, x: &[f32], shifts: &[Shift], radius: usize) -> f64 {
+        let (h, w, r) = (self.h as i64, self.w as i64, radius as i64);
+        let source_ok = self.source_windows(radius);
+        let (mut total, mut n) = (0.0f64, 0usize);
+        let mut candidates: Vec<(i32, i32)> = Vec::new();
+        for p in (0..self.h * self.w).filter(|&i| self.hole[i]) {
+            let (y, xx) = ((p / self.w) as i64, (p % self.w) as i64);
+            candidates.clear();
+            for py in (y - r).max(0)..(y + r + 1).min(h) {
+                for px in (xx - r).max(0)..(xx + r + 1).min(w) {
+                    if let Some(s) = shifts[(py * w + px) as usize] {
+                        if !candidates.contains(&s) {
+                            candidates.push(s);
+                        }
+                    }
+                }
+            }
+            let least = candidates
+                .iter()
+                .map(|&(dy, dx)| (y + dy as i64, xx + dx as i64))
+                .filter(|&(sy, sx)| source_ok(sy, sx))
+                .map(|from| self.window_cost(x, (y, xx), from, radius, false))
+                .min_by(f32::total_cmp);
+            if let Some(cost) = least {
+                total += cost as f64;
+                n += 1;
+            }
+        }
+        total / (n.max(1) * self.c) as f64
+    }
+
+    /// Whether the `(2·radius+1)²` window around a pixel can be copied from: inside the level,
+    /// no hole pixel.
+    fn source_windows(&self, radius: usize) -> impl Fn(i64, i64) -> bool {
+        let (h, w, r) = (self.h as i64, self.w as i64, radius as i64);
+        // 1 where a pixel's window of this radius holds a hole pixel.
+        let near_hole = self.source_mask(radius);
+        move |y, x| y >= r && x >= r && y + r < h && x + r < w && near_hole[(y * w + x) as usize] == 0.0
+    }
+
+    /// The sum of squared differences between the `(2·radius+1)²` window around `at` in `x`
+    /// and the one around `from` in the level's known pixels (a source window), over the
+    /// former's pixels inside the level, or only over its known ones.
+    fn window_cost(&self, x: &[f32], at: (i64, i64), from: (i64, i64), radius: usize, known_only: bool) -> f32 {
+        let (h, w, c, r) = (self.h as i64, self.w as i64, self.c, radius as i64);
+        let mut cost = 0.0f32;
+        for oy in -r..=r {
+            for ox in -r..=r {
+                let (py, px) = (at.0 + oy, at.1 + ox);
+                if !(0..h).contains(&py) || !(0..w).contains(&px) || known_only && self.hole[(py * w + px) as usize] {
+                    continue;
+                }
+                let a = (py * w + px) as usize * c;
+                let b = ((from.0 + oy) * w + from.1 + ox) as usize * c;
+                cost += x[a..a + c].iter().zip(&self.img[b..b + c]).map(|(u, v)| (u - v) * (u - v)).sum::<f32>();
+            }
+        }
+        cost
+    }
+
     /// The next coarser level: sizes halved (rounded up); a pixel is the mean of the known
     /// pixels of its 2×2, and hole only if all of them are (so the hole shrinks level by level
     /// and what is known stays an average of known pixels).
@@ -465,6 +645,35 @@ impl Level {
             }
         }
         out
+    }
+
+    /// The layer passes of one level over its hole, each block of the hole one call written
+    /// back into `x` (and where each pixel was copied from into `shifts`) before the next.
+    async fn iterate(
+        &self,
+        run: &LevelRun<'_>,
+        (x, shifts): (&mut [f32], &mut [Shift]),
+        work: &mut Work,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
+        let LevelRun { params, backend, rate, fuse_k, iterations, ramp } = *run;
+        // The layer sees b's mask through its downscale by the rate, one pixel of each rate×rate
+        // cell: growing the hole by rate − 1 pixels keeps every pasted pixel out of it.
+        let source_mask = self.source_mask(rate - 1);
+        let blocks = self.blocks(params.block);
+        for t in 0..iterations {
+            let ramp = if ramp && iterations > 1 { t as f32 / (iterations - 1) as f32 } else { 1.0 };
+            let scale = params.scale.0 * (params.scale.1 / params.scale.0).powf(ramp);
+            let layer = ContextualAttention::with_backend(backend.clone(), params.layer(scale, rate, fuse_k, backend))?;
+            for block in &blocks {
+                work.queries_computed +=
+                    self.attend(&layer, params, rate, (&mut *x, &mut *shifts), &source_mask, *block).await?;
+                work.calls += 1;
+                work.done += 1;
+                progress(work.done, work.total);
+            }
+        }
+        Ok(())
     }
 
     /// The blocks of `side` pixels that hold hole pixels.
@@ -549,12 +758,7 @@ impl Level {
             return;
         }
         let (h, w, c) = (self.h as i64, self.w as i64, self.c);
-        let r = radius as i64;
-        // 1 where a pixel's window of this radius holds a hole pixel.
-        let near_hole = self.source_mask(radius);
-        let source_ok = |y: i64, xx: i64| -> bool {
-            y >= r && xx >= r && y + r < h && xx + r < w && near_hole[(y * w + xx) as usize] == 0.0
-        };
+        let source_ok = self.source_windows(radius);
         let distances = self.distances();
         let border: Vec<usize> = (0..self.h * self.w).filter(|&i| (1..=radius).contains(&distances[i])).collect();
         let mut candidates: Vec<(i32, i32)> = Vec::with_capacity(7);
@@ -579,22 +783,8 @@ impl Level {
                     if !source_ok(sy, sx) {
                         continue;
                     }
-                    let mut cost = 0.0f32;
-                    for oy in -r..=r {
-                        for ox in -r..=r {
-                            let (py, px) = (y + oy, xx + ox);
-                            if !(0..h).contains(&py) || !(0..w).contains(&px) || self.hole[(py * w + px) as usize] {
-                                continue;
-                            }
-                            let a = (py * w + px) as usize * c;
-                            let b = ((sy + oy) * w + sx + ox) as usize * c;
-                            cost += self.img[a..a + c]
-                                .iter()
-                                .zip(&self.img[b..b + c])
-                                .map(|(u, v)| (u - v) * (u - v))
-                                .sum::<f32>();
-                        }
-                    }
+                    // Known pixels of x are the level's own.
+                    let cost = self.window_cost(x, (y, xx), (sy, sx), radius, true);
                     if best.is_none_or(|(_, least)| cost < least) {
                         best = Some(((dy, dx), cost));
                     }
@@ -906,6 +1096,41 @@ mod tests {
         let (mut same, mut same_shifts) = (x.clone(), shifts.clone());
         level.refine_border(&mut same, &mut same_shifts, 0);
         assert_eq!((same, same_shifts), (x, shifts));
+    }
+
+    /// Stripes of period 3 with a 4×4 hole (the source windows 6 or 7 columns to the right of
+    /// its pixels are inside the level and clear of it). Filled with the stripes themselves and shift (0, 6) (a whole period twice), every window
+    /// is an exact copy: energy 0. Filled with the copies at (0, 7), off by one column from the
+    /// stripes' phase, the windows reaching known pixels cost what those pixels differ from the
+    /// source: the energy is the mean of those sums, counted here by a plain loop.
+    #[test]
+    fn energy_is_zero_for_a_seamless_copy_and_counts_the_seams_of_a_shifted_one() {
+        let (h, w) = (12, 24);
+        let stripe = |x: usize| [0.0, 0.5, 1.0][x % 3];
+        let hole: Vec<bool> = (0..h * w).map(|i| (4..8).contains(&(i / w)) && (8..12).contains(&(i % w))).collect();
+        let img: Vec<f32> = (0..h * w).map(|i| if hole[i] { -9.0 } else { stripe(i % w) }).collect();
+        let level = Level { img: img.clone(), hole: hole.clone(), h, w, c: 1 };
+
+        let seamless: Vec<f32> = (0..h * w).map(|i| stripe(i % w)).collect();
+        let shifts: Vec<_> = hole.iter().map(|&x| x.then_some((0, 6))).collect();
+        assert_eq!(level.energy(&seamless, &shifts, 2), 0.0);
+
+        let shifted: Vec<f32> = (0..h * w).map(|i| if hole[i] { stripe(i % w + 7) } else { img[i] }).collect();
+        let shifts: Vec<_> = hole.iter().map(|&x| x.then_some((0, 7))).collect();
+        let (mut sum, mut n) = (0.0f64, 0);
+        for p in (0..h * w).filter(|&i| hole[i]) {
+            let (y, x) = (p / w, p % w);
+            for yy in y - 2..=y + 2 {
+                for xx in x - 2..=x + 2 {
+                    let d = shifted[yy * w + xx] - img[yy * w + xx + 7];
+                    sum += (d * d) as f64;
+                }
+            }
+            n += 1;
+        }
+        let expected = sum / n as f64;
+        assert!(expected > 0.0);
+        assert!((level.energy(&shifted, &shifts, 2) - expected).abs() < 1e-9, "{expected}");
     }
 
     /// A 4×4 field: a coherent region of (0, 5) with an isolated (3, −2) inside it, a column

@@ -5,7 +5,7 @@
 mod common;
 
 use common::square_hole;
-use contextual_attention::fill::{fill, FillParams};
+use contextual_attention::fill::{fill, FillParams, Finest};
 use contextual_attention::{Backend, Error, Tensor};
 
 /// Vertical stripes 4 pixels wide (0 and 200) with a little horizontal shading: a texture with
@@ -48,6 +48,10 @@ fn fill_refuses_a_batch_a_mask_of_another_size_a_full_hole_and_bad_parameters() 
         (FillParams { levels: Some(0), ..p.clone() }, "levels"),
         (FillParams { scale: (0.0, 10.0), ..p.clone() }, "scale"),
         (FillParams { block: 4, ..p.clone() }, "block"),
+        (FillParams { fuse: vec![], ..p.clone() }, "fuse"),
+        (FillParams { fuse: vec![3, 0], ..p.clone() }, "fuse"),
+        (FillParams { compete_levels: 0, ..p.clone() }, "compete_levels"),
+        (FillParams { compete_margin: 0.9, ..p.clone() }, "compete_margin"),
     ] {
         let err = fill(&Backend::Cpu, &image, &square_hole(16, 16, 4, 4, 6), &bad, &mut no_progress())
             .map(|_| ())
@@ -55,6 +59,68 @@ fn fill_refuses_a_batch_a_mask_of_another_size_a_full_hole_and_bad_parameters() 
             .to_string();
         assert!(err.contains(name), "{name}: {err}");
     }
+}
+
+/// With two fuse kernels competing, each fills the coarse levels and the fill goes on with the
+/// one of lower completion energy: its result, matches and start of the finest level are those
+/// of a fill with that kernel alone, and the loser's layer calls are counted too.
+#[test]
+fn competing_fuse_kernels_give_the_fill_of_the_one_with_lower_energy() {
+    let (h, w) = (96, 128);
+    let image = stripes(h, w, 3);
+    let hole = square_hole(h, w, 36, 52, 22);
+    let both = FillParams { fuse: vec![3, 7], ..FillParams::default() };
+    let competed = fill(&Backend::Cpu, &image, &hole, &both, &mut no_progress()).unwrap();
+    // One level runs the layer: both kernels compete on it and the lower energy wins.
+    assert_eq!(competed.energies.iter().map(|e| (e.0, e.1)).collect::<Vec<_>>(), [(0, 3), (0, 7)]);
+    let lowest = competed.energies.iter().fold(competed.energies[0], |a, &b| if b.2 < a.2 { b } else { a });
+    assert_eq!(competed.fuse_k, lowest.1, "energies {:?}", competed.energies);
+    assert!(competed.energies.iter().all(|e| e.2.is_finite() && e.2 >= 0.0), "{:?}", competed.energies);
+
+    let alone = FillParams { fuse: vec![competed.fuse_k], ..FillParams::default() };
+    let single = fill(&Backend::Cpu, &image, &hole, &alone, &mut no_progress()).unwrap();
+    assert!(single.energies.is_empty());
+    assert_eq!(competed.result, single.result);
+    assert_eq!(competed.coarse, single.coarse);
+    assert_eq!(competed.shifts, single.shifts);
+    // Two levels, the finest only copies: every layer call is on the level where the kernels
+    // compete, so the competition makes twice the calls.
+    assert_eq!(competed.levels, 2);
+    assert_eq!(competed.calls, 2 * single.calls);
+}
+
+/// With three levels that run the layer (`Finest::Iterate`), the kernels compete on the first
+/// two unless one drops out after the first: with a margin of 1 only the lowest goes on (and
+/// the progress still ends at its total), with a wide margin both reach the choice on the
+/// second level.
+#[test]
+fn a_kernel_above_the_margin_drops_out_before_the_choice() {
+    let (h, w) = (192, 256);
+    let image = stripes(h, w, 1);
+    let hole = square_hole(h, w, 72, 104, 44);
+    let base = FillParams { fuse: vec![3, 7], finest: Finest::Iterate, levels: Some(3), ..FillParams::default() };
+
+    let strict = FillParams { compete_margin: 1.0, ..base.clone() };
+    let mut told = Vec::new();
+    let filled = fill(&Backend::Cpu, &image, &hole, &strict, &mut |d, t| told.push((d, t))).unwrap();
+    assert_eq!(filled.levels, 3);
+    let first: Vec<_> = filled.energies.iter().filter(|e| e.0 == 0).copied().collect();
+    assert_eq!(first.iter().map(|e| e.1).collect::<Vec<_>>(), [3, 7]);
+    assert_ne!(first[0].2, first[1].2, "a tie would keep both: {first:?}");
+    let lowest = if first[0].2 < first[1].2 { first[0] } else { first[1] };
+    assert!(filled.energies.iter().all(|e| e.0 == 0), "only one kernel reached level 1: {:?}", filled.energies);
+    assert_eq!(filled.fuse_k, lowest.1);
+    assert_eq!(told.last().map(|&(d, t)| d == t), Some(true), "progress ends at its total: {:?}", told.last());
+    assert_eq!(told.len(), filled.calls);
+    let alone = FillParams { fuse: vec![lowest.1], ..base.clone() };
+    assert_eq!(filled.result, fill(&Backend::Cpu, &image, &hole, &alone, &mut no_progress()).unwrap().result);
+
+    let wide = FillParams { compete_margin: 100.0, ..base };
+    let filled = fill(&Backend::Cpu, &image, &hole, &wide, &mut no_progress()).unwrap();
+    let levels_kernels: Vec<_> = filled.energies.iter().map(|e| (e.0, e.1)).collect();
+    assert_eq!(levels_kernels, [(0, 3), (0, 7), (1, 3), (1, 7)]);
+    let second = &filled.energies[2..];
+    assert_eq!(filled.fuse_k, if second[1].2 < second[0].2 { 7 } else { 3 });
 }
 
 #[test]

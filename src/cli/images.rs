@@ -89,6 +89,17 @@ pub struct FillArgs {
     /// continue their surroundings (0: off).
     #[arg(long, value_name = "PIXELS", default_value_t = FillParams::default().refine)]
     pub refine: usize,
+    /// The layer's fuse kernels that compete on the coarse levels; the fill goes on with the one
+    /// whose result has the lowest completion energy there (one kernel: no competition).
+    #[arg(long, value_name = "K,K,..", value_delimiter = ',', default_values_t = FillParams::default().fuse)]
+    pub fuse: Vec<usize>,
+    /// How many levels, from the coarsest, the competing fuse kernels fill before one is chosen.
+    #[arg(long, value_name = "LEVELS", default_value_t = FillParams::default().compete_levels)]
+    pub compete_levels: usize,
+    /// Before the choice, a kernel whose completion energy after a level is above this multiple
+    /// of the lowest drops out.
+    #[arg(long, value_name = "RATIO", default_value_t = FillParams::default().compete_margin)]
+    pub compete_margin: f32,
 }
 
 /// Resizes a `[1, H, W, C]` tensor of 0–255 values (C = 1 or 3) with a cubic filter.
@@ -184,6 +195,9 @@ pub fn fill(a: FillArgs) -> CliResult {
         block: a.block,
         context: a.context,
         refine: a.refine,
+        fuse: a.fuse,
+        compete_levels: a.compete_levels,
+        compete_margin: a.compete_margin,
     };
     params.validate()?;
     let img = io::read_image(&a.image)?;
@@ -215,8 +229,15 @@ pub fn fill(a: FillArgs) -> CliResult {
     });
     bar.finish_and_clear();
     let filled = filled?;
+    let chosen = if filled.energies.is_empty() {
+        String::new()
+    } else {
+        let energies: Vec<String> =
+            filled.energies.iter().map(|(level, k, e)| format!("level {level} kernel {k}: {e:.5}")).collect();
+        format!("; fuse kernel {} chosen (completion energies {})", filled.fuse_k, energies.join(", "))
+    };
     eprintln!(
-        "filled {hole_pixels} pixels in {:.0} ms on {}: {} levels, {} layer calls, {} queries",
+        "filled {hole_pixels} pixels in {:.0} ms on {}: {} levels, {} layer calls, {} queries{chosen}",
         super::ms(t),
         backend.describe(),
         filled.levels,
