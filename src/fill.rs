@@ -379,10 +379,12 @@ pub async fn fill_async(
         params.fuse.iter().map(|&fuse_k| Branch { fuse_k, current: None, coarse: Vec::new() }).collect();
     let mut energies = Vec::new();
     for (k, level) in pyramid.iter().rev().enumerate() {
+        // The coarsest level's start, the same for every branch.
+        let diffused = (k == 0).then(|| level.diffused());
         for branch in &mut branches {
             let mut shifts = vec![None; level.h * level.w];
             let mut x = match &branch.current {
-                None => level.diffused(),
+                None => diffused.clone().expect("only the coarsest level has no coarser one"),
                 Some((prev, prev_shifts)) => {
                     let coarser = &pyramid[levels - k];
                     if iterations(k) == 0 {
@@ -414,17 +416,19 @@ pub async fn fill_async(
                     level.energy(x, shifts, ENERGY_RADIUS)
                 })
                 .collect();
-            let lowest = measured.iter().copied().fold(f64::INFINITY, f64::min);
             energies.extend(branches.iter().zip(&measured).map(|(branch, &e)| (k, branch.fuse_k, e)));
-            let mut kept = measured.iter();
+            // The lowest energy; the first listed of equals.
+            let best = (0..measured.len()).min_by(|&a, &b| measured[a].total_cmp(&measured[b])).expect("branches");
             if k == decide {
-                // The lowest energy; the first listed of equals.
-                let best = measured.iter().position(|&e| e == lowest).expect("a branch has the lowest energy");
                 branches.swap(0, best);
                 branches.truncate(1);
             } else {
-                branches
-                    .retain(|_| *kept.next().expect("one energy per branch") <= params.compete_margin as f64 * lowest);
+                let bound = params.compete_margin as f64 * measured[best];
+                let mut index = 0..;
+                branches.retain(|_| {
+                    let i = index.next().expect("unbounded");
+                    i == best || measured[i] <= bound
+                });
                 // The dropped kernels' calls on the levels up to the choice will not be made.
                 let dropped = measured.len() - branches.len();
                 work.total -= dropped * level_calls[k + 1..=decide].iter().sum::<usize>();
