@@ -22,8 +22,8 @@
 //! its neighbours') suits an image depends on it: photographs want short coherent pieces, a
 //! regular texture such as a brick wall wants its courses continued over longer runs. So the
 //! kernels of [`FillParams::fuse`] compete: each fills the coarse levels, and the fill goes on
-//! with the one whose result has the lowest completion energy there ([`Level::energy`], the
-//! objective of Wexler et al. with the search limited to what was copied); a kernel far
+//! with the one whose result has the lowest completion energy there ([`Filled::energies`]:
+//! the objective of Wexler et al. with the search limited to what was copied); a kernel far
 //! behind after a level drops out early to save time.
 //!
 //! The layer matches by `f·b/|b|`, which ignores a patch's brightness (a dark flat patch
