@@ -1065,6 +1065,19 @@ pub fn with_hole(img: &Tensor, mask: &Tensor) -> Tensor {
 mod tests {
     use super::{coherent, Level};
 
+    /// Vertical stripes of period 3 along x: 0, 0.5, 1.
+    fn stripe(x: usize) -> f32 {
+        [0.0, 0.5, 1.0][x % 3]
+    }
+
+    /// An `h × w` level of [`stripe`]s, one channel, with a 4×4 hole at rows 4..8, columns
+    /// 8..12 (its pixels hold −9, no information).
+    fn striped_level(h: usize, w: usize) -> Level {
+        let hole: Vec<bool> = (0..h * w).map(|i| (4..8).contains(&(i / w)) && (8..12).contains(&(i % w))).collect();
+        let img = (0..h * w).map(|i| if hole[i] { -9.0 } else { stripe(i % w) }).collect();
+        Level { img, hole, h, w, c: 1 }
+    }
+
     /// Vertical stripes of period 3 (0, 0.5, 1 along x) with a 4×4 hole whose pixels all copy
     /// from 7 columns to the right: a displacement off by one column from the stripes' phase,
     /// as the even displacements carried up from a coarser level can be. The pixels next to
@@ -1074,10 +1087,8 @@ mod tests {
     #[test]
     fn refine_border_aligns_the_ring_and_keeps_the_inside() {
         let (h, w) = (12, 20);
-        let stripe = |x: usize| [0.0, 0.5, 1.0][x % 3];
-        let hole: Vec<bool> = (0..h * w).map(|i| (4..8).contains(&(i / w)) && (8..12).contains(&(i % w))).collect();
-        let img: Vec<f32> = (0..h * w).map(|i| if hole[i] { -9.0 } else { stripe(i % w) }).collect();
-        let level = Level { img: img.clone(), hole: hole.clone(), h, w, c: 1 };
+        let level = striped_level(h, w);
+        let (img, hole) = (&level.img, &level.hole);
         let off = (0, 7);
         let shifts: Vec<_> = hole.iter().map(|&x| x.then_some(off)).collect();
         // The carried copies: each hole pixel holds the value 7 columns to its right.
@@ -1103,17 +1114,16 @@ mod tests {
     }
 
     /// Stripes of period 3 with a 4×4 hole (the source windows 6 or 7 columns to the right of
-    /// its pixels are inside the level and clear of it). Filled with the stripes themselves and shift (0, 6) (a whole period twice), every window
-    /// is an exact copy: energy 0. Filled with the copies at (0, 7), off by one column from the
-    /// stripes' phase, the windows reaching known pixels cost what those pixels differ from the
-    /// source: the energy is the mean of those sums, counted here by a plain loop.
+    /// its pixels are inside the level and clear of it). Filled with the stripes themselves and
+    /// shift (0, 6) (a whole period twice), every window is an exact copy: energy 0. Filled with
+    /// the copies at (0, 7), off by one column from the stripes' phase, the windows reaching
+    /// known pixels cost what those pixels differ from the source: the energy is the mean of
+    /// those sums, counted here by a plain loop.
     #[test]
     fn energy_is_zero_for_a_seamless_copy_and_counts_the_seams_of_a_shifted_one() {
         let (h, w) = (12, 24);
-        let stripe = |x: usize| [0.0, 0.5, 1.0][x % 3];
-        let hole: Vec<bool> = (0..h * w).map(|i| (4..8).contains(&(i / w)) && (8..12).contains(&(i % w))).collect();
-        let img: Vec<f32> = (0..h * w).map(|i| if hole[i] { -9.0 } else { stripe(i % w) }).collect();
-        let level = Level { img: img.clone(), hole: hole.clone(), h, w, c: 1 };
+        let level = striped_level(h, w);
+        let (img, hole) = (&level.img, &level.hole);
 
         let seamless: Vec<f32> = (0..h * w).map(|i| stripe(i % w)).collect();
         let shifts: Vec<_> = hole.iter().map(|&x| x.then_some((0, 6))).collect();

@@ -5,7 +5,7 @@
 mod common;
 
 use common::square_hole;
-use contextual_attention::fill::{fill, FillParams, Finest};
+use contextual_attention::fill::{fill, with_hole, FillParams, Finest};
 use contextual_attention::{Backend, Error, Tensor};
 
 /// Vertical stripes 4 pixels wide (0 and 200) with a little horizontal shading: a texture with
@@ -143,10 +143,7 @@ fn fills_the_stripes(backend: Backend, c: usize, size: usize) {
     let image = stripes(h, w, c);
     let hole =
         Tensor::from_fn([1, h, w, 1], |_, y, x, _| ((y0..y1).contains(&y) && (x0..x1).contains(&x)) as u8 as f32);
-    let holed = Tensor::from_fn(
-        image.shape(),
-        |_, y, x, ch| if hole.at(0, y, x, 0) > 0.0 { 255.0 } else { image.at(0, y, x, ch) },
-    );
+    let holed = with_hole(&image, &hole);
     let mut told = Vec::new();
     let filled = fill(&backend, &holed, &hole, &FillParams::default(), &mut |d, t| told.push((d, t))).unwrap();
     let (mut err, mut n) = (0.0f64, 0usize);

@@ -10,7 +10,7 @@
 mod common;
 
 use common::golden::{cases_from, check};
-use contextual_attention::fill::{fill_async, FillParams};
+use contextual_attention::fill::{fill_async, with_hole, FillParams};
 use contextual_attention::{Backend, ContextualAttention, Error, Gpu, Params, RunOptions, Tensor};
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
@@ -103,13 +103,7 @@ async fn fill_changes_the_hole_only() {
     let gpu = gpu().await;
     let truth = Tensor::from_fn([1, 64, 64, 3], |_, y, x, c| (((x / 4 + y / 4) % 2) * 200 + 20 * c) as f32);
     let hole = common::square_hole(64, 64, 24, 20, 16);
-    let image = Tensor::from_fn(truth.shape(), |_, y, x, c| {
-        if hole.at(0, y, x, 0) > 0.5 {
-            255.0
-        } else {
-            truth.at(0, y, x, c)
-        }
-    });
+    let image = with_hole(&truth, &hole);
     let mut calls = 0;
     let filled =
         fill_async(&Backend::Gpu(gpu), &image, &hole, &FillParams::default(), &mut |_, _| calls += 1).await.unwrap();
